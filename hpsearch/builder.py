@@ -1,0 +1,98 @@
+"""The model builder: the reference CNN family, every factor applied.
+
+Networks (SPEC.md): 3x3 "same" convolutions, 2x2 max-pooling, filters
+doubling after each pooling, a softmax dense output.
+
+* baseline1: conv32 -> pool -> conv64 -> pool -> dense
+* baseline2: [conv32 x2] -> pool -> [conv64 x2] -> pool -> [conv128 x2] -> pool -> dense
+
+Dropout, where used, follows each pooling. The model takes raw uint8 images
+and scales them to [0, 1] in its first layer. Imports neither Optuna nor
+MLflow; uses ``keras`` only, so it runs on the JAX backend too.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from hpsearch.augmentation import in_model_layers
+from hpsearch.config import TrialConfig
+from hpsearch.optimizers import build_optimizer
+
+# architecture -> (filters, convolutions) per block
+ARCHITECTURES: dict[str, tuple[tuple[int, int], ...]] = {
+    "baseline1": ((32, 1), (64, 1)),
+    "baseline2": ((32, 2), (64, 2), (128, 2)),
+}
+
+
+def kernel_regularizer(config: TrialConfig) -> keras.regularizers.Regularizer | None:
+    magnitude = config.weight_decay_magnitude
+    return {
+        "none": None,
+        "l1": keras.regularizers.L1(magnitude),
+        "l2": keras.regularizers.L2(magnitude),
+        "l1l2": keras.regularizers.L1L2(l1=magnitude, l2=magnitude),
+    }[config.weight_decay]
+
+
+def _conv_unit(x, filters: int, config: TrialConfig, name: str):
+    """conv -> [BN] -> activation -> [BN], BN placed as the config says."""
+    x = keras.layers.Conv2D(
+        filters,
+        3,
+        padding="same",
+        kernel_initializer=config.kernel_initializer,
+        kernel_regularizer=kernel_regularizer(config),
+        name=f"{name}_conv",
+    )(x)
+    if config.batch_norm == "before":
+        x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = keras.layers.Activation(config.activation, name=f"{name}_act")(x)
+    if config.batch_norm == "after":
+        x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+    return x
+
+
+def build_network(
+    config: TrialConfig, input_shape: tuple[int, int, int], num_classes: int
+) -> keras.Model:
+    """The uncompiled network for ``config`` (raw uint8 images in, probabilities out)."""
+    inputs = keras.Input(shape=input_shape, dtype="uint8", name="image")
+    x = keras.layers.Rescaling(1.0 / 255, name="scale")(inputs)
+    for layer in in_model_layers(config.augmentation, config.seed):
+        x = layer(x)
+    rates = config.dropout_rates()
+    for block, (filters, convs) in enumerate(ARCHITECTURES[config.architecture], start=1):
+        for index in range(1, convs + 1):
+            x = _conv_unit(x, filters, config, name=f"block{block}_{index}")
+        x = keras.layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
+        if rates[block - 1] > 0:
+            x = keras.layers.Dropout(rates[block - 1], name=f"block{block}_dropout")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    outputs = keras.layers.Dense(
+        num_classes,
+        activation="softmax",
+        kernel_initializer=config.kernel_initializer,
+        kernel_regularizer=kernel_regularizer(config),
+        dtype="float32",  # probabilities in float32 under mixed precision too
+        name="probabilities",
+    )(x)
+    return keras.Model(inputs, outputs, name=config.architecture)
+
+
+def build_model(
+    config: TrialConfig,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    steps_per_epoch: int = 1,
+) -> keras.Model:
+    """The compiled model: categorical cross-entropy, accuracy, the config's optimizer."""
+    model = build_network(config, input_shape, num_classes)
+    model.compile(
+        optimizer=build_optimizer(config, steps_per_epoch),
+        loss="categorical_crossentropy",
+        metrics=["accuracy"],
+        jit_compile=config.jit_compile,
+    )
+    return model

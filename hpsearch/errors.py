@@ -1,0 +1,27 @@
+"""The one family of user-facing errors.
+
+The CLI turns any :class:`HpsearchError` into a clean message and a non-zero
+exit; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class HpsearchError(Exception):
+    """A problem the user can fix: bad input, missing data, bad configuration."""
+
+
+class ConfigError(HpsearchError):
+    """A trial config, study file or ``--set`` override is invalid."""
+
+
+class DataError(HpsearchError):
+    """A dataset is missing, empty, corrupt or of an unexpected shape."""
+
+
+class TrialFailed(HpsearchError):
+    """A trial could not finish (NaN loss, out of memory, exception)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason

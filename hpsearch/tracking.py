@@ -1,0 +1,194 @@
+"""Tracking: the only module that talks to MLflow.
+
+A :class:`TrialRun` is one MLflow run for one trial: params at the start,
+one batched metrics call per epoch (a Keras callback), final metrics and
+artifacts at the end, and an outcome tag plus a terminal status whatever
+ended it — no run is left RUNNING.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import keras
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+    from hpsearch.config import TrialConfig
+    from hpsearch.datasets import Splits
+    from hpsearch.runner import TrialResult
+
+EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
+OUTCOME_TAG = "hpsearch.outcome"  # completed | pruned | failed
+REASON_TAG = "hpsearch.failure_reason"
+
+
+def set_tracking_uri(uri: str | None) -> str:
+    """Use ``uri`` (else ``MLFLOW_TRACKING_URI``, else MLflow's local default); return it."""
+    import mlflow
+
+    if uri:
+        mlflow.set_tracking_uri(uri)
+    return mlflow.get_tracking_uri()
+
+
+def experiment_id(client: MlflowClient, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return client.create_experiment(name)
+
+
+def where_to_look(experiment: str, run_id: str | None = None) -> str:
+    """The MLflow UI page of a run or experiment, or the command that opens a local store."""
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    exp_id = experiment_id(mlflow.MlflowClient(), experiment)
+    page = f"#/experiments/{exp_id}/runs" + (f"/{run_id}" if run_id else "")
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/{page}"
+    return f"run `mlflow ui --backend-store-uri {uri}` and open http://127.0.0.1:5000/{page}"
+
+
+class EpochLogger(keras.callbacks.Callback):
+    """Logs each epoch's training/validation loss and accuracy and learning rate in one call."""
+
+    def __init__(self, client: MlflowClient, run_id: str) -> None:
+        super().__init__()
+        self.client, self.run_id = client, run_id
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [
+            Metric(name, float(logs[name]), now, epoch + 1)
+            for name in EPOCH_METRICS
+            if logs and name in logs
+        ]
+        if metrics:
+            self.client.log_batch(self.run_id, metrics=metrics)
+
+
+class TrialRun:
+    """One MLflow run for one trial; use as a context manager."""
+
+    def __init__(
+        self,
+        experiment: str,
+        run_name: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        parent_run_id: str | None = None,
+    ) -> None:
+        from mlflow import MlflowClient
+
+        self.client = MlflowClient()
+        self.experiment = experiment
+        tags = dict(tags or {})
+        if parent_run_id:
+            tags["mlflow.parentRunId"] = parent_run_id
+        run = self.client.create_run(
+            experiment_id(self.client, experiment), run_name=run_name, tags=tags
+        )
+        self.run_id: str = run.info.run_id
+
+    def __enter__(self) -> TrialRun:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            self.end("completed")
+        elif issubclass(exc_type, KeyboardInterrupt):
+            self.end("failed", reason="interrupted", status="KILLED")
+        else:
+            self.end("failed", reason=getattr(exc, "reason", exc_type.__name__), detail=str(exc))
+        return False
+
+    def end(
+        self, outcome: str, reason: str | None = None, detail: str = "", status: str | None = None
+    ) -> None:
+        """Tag the outcome and close the run (FINISHED, FAILED or KILLED)."""
+        with contextlib.suppress(Exception):  # closing must not mask the original error
+            self.client.set_tag(self.run_id, OUTCOME_TAG, outcome)
+            if reason:
+                self.client.set_tag(self.run_id, REASON_TAG, reason)
+            if detail:
+                self.client.set_tag(self.run_id, "hpsearch.failure_detail", detail[:4000])
+        status = status or ("FAILED" if outcome == "failed" else "FINISHED")
+        self.client.set_terminated(self.run_id, status)
+
+    def log_params(self, params: Mapping[str, str]) -> None:
+        from mlflow.entities import Param
+
+        self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def epoch_logger(self) -> EpochLogger:
+        return EpochLogger(self.client, self.run_id)
+
+    def log_result(self, result: TrialResult, config: TrialConfig, splits: Splits) -> None:
+        """Final metrics and the artifacts: curves, confusion matrix, summary, config, model."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, 0) for k, v in result.final_metrics().items()]
+        self.client.log_batch(self.run_id, metrics=metrics)
+        with tempfile.TemporaryDirectory(prefix="hpsearch-") as tmp:
+            for path in _write_artifacts(Path(tmp), result, config, splits):
+                self.client.log_artifact(self.run_id, str(path))
+
+    @contextlib.contextmanager
+    def as_active(self) -> Iterator[None]:
+        """Make this run MLflow's active run (for fluent APIs such as model logging)."""
+        import mlflow
+
+        with mlflow.start_run(run_id=self.run_id):
+            yield
+
+
+def _write_artifacts(
+    folder: Path, result: TrialResult, config: TrialConfig, splits: Splits
+) -> list[Path]:
+    from hpsearch.plots import save_confusion_matrix, save_training_curves
+
+    summary = io.StringIO()
+    result.model.summary(print_fn=lambda line, **_: summary.write(line + "\n"))
+    (folder / "model_summary.txt").write_text(summary.getvalue())
+    (folder / "config.yaml").write_text(config.to_yaml())
+    result.model.save(folder / "model.keras")
+    return [
+        save_training_curves(result.history, folder / "training_curves.png"),
+        save_confusion_matrix(
+            splits.y_val,
+            result.val_predictions,
+            splits.class_names,
+            folder / "confusion_matrix.png",
+            title=f"validation (best epoch {result.best_epoch})",
+        ),
+        folder / "model_summary.txt",
+        folder / "config.yaml",
+        folder / "model.keras",
+    ]
+
+
+def hide_password(url: str) -> str:
+    """``scheme://user:secret@host`` -> ``scheme://user:***@host``."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -1,0 +1,82 @@
+"""Augmentation changes training batches and leaves inference untouched."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from hpsearch.augmentation import GridMask, MixedBatches, in_model_layers
+from hpsearch.builder import build_network
+from hpsearch.config import make_config
+
+SHAPE = (32, 32, 3)
+
+
+def batch(n: int = 8, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, *SHAPE), dtype=np.uint8)
+
+
+def scaled(images: np.ndarray) -> np.ndarray:
+    return images.astype("float32") / 255
+
+
+@pytest.mark.parametrize("name", ["standard", "cutout", "gridmask"])
+def test_in_model_augmentation_changes_training_batches_only(name):
+    layers = in_model_layers([name], seed=1)
+    assert layers
+    stack = keras.Sequential(layers)
+    x = scaled(batch())
+    trained = keras.ops.convert_to_numpy(stack(x, training=True))
+    assert trained.shape == x.shape
+    assert not np.allclose(trained, x)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(stack(x, training=False)), x)
+
+
+def test_cutout_and_gridmask_erase_pixels_to_zero():
+    x = np.ones((8, *SHAPE), dtype="float32")
+    for name in ("cutout", "gridmask"):
+        out = keras.ops.convert_to_numpy(keras.Sequential(in_model_layers([name], 2))(x, training=True))
+        zeroed = (out == 0).mean()
+        assert 0.01 < zeroed < 0.6, (name, zeroed)
+
+
+def test_gridmask_round_trips_through_config():
+    layer = GridMask(ratio=0.4, rate=0.9, seed=3)
+    clone = GridMask.from_config(layer.get_config())
+    assert (clone.ratio, clone.rate, clone.seed) == (0.4, 0.9, 3)
+
+
+@pytest.mark.parametrize("augmentation", ["standard+cutout+gridmask", "mixup+cutmix"])
+def test_inference_is_untouched_by_augmentation(augmentation):
+    plain = build_network(make_config({"seed": 4}), SHAPE, 10)
+    augmented = build_network(make_config({"seed": 4, "augmentation": augmentation}), SHAPE, 10)
+    augmented.set_weights(plain.get_weights())
+    x = batch()
+    np.testing.assert_allclose(
+        augmented.predict(x, verbose=0), plain.predict(x, verbose=0), rtol=1e-5, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("name", ["mixup", "cutmix"])
+def test_label_mixing_changes_images_and_labels_of_training_batches(name):
+    x = batch(64)
+    labels = np.arange(64) % 10
+    onehot = keras.utils.to_categorical(labels, 10)
+    batches = MixedBatches(x, onehot, batch_size=32, augmentation=[name], seed=0)
+    assert len(batches) == 2
+    images, mixed = batches[0]
+    assert images.dtype == np.uint8 and images.shape == (32, *SHAPE)
+    np.testing.assert_allclose(mixed.sum(axis=1), 1.0, rtol=1e-5)
+    assert (mixed.max(axis=1) < 1.0).any(), "some labels must be mixtures"
+    picked = batches.order[:32]
+    assert not np.array_equal(images, x[picked])
+
+
+def test_mixed_batches_reshuffle_each_epoch_and_cover_every_sample():
+    x, onehot = batch(40), keras.utils.to_categorical(np.arange(40) % 10, 10)
+    batches = MixedBatches(x, onehot, batch_size=16, augmentation=["mixup"], seed=0)
+    first = batches.order.copy()
+    assert sorted(first) == list(range(40)) and len(batches) == 3
+    batches.on_epoch_end()
+    assert not np.array_equal(first, batches.order)

@@ -1,0 +1,163 @@
+"""The model builder: every factor changes the built model as intended."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from hpsearch.builder import build_model, build_network
+from hpsearch.config import make_config
+
+SHAPE = (16, 16, 3)
+
+
+def layer_kinds(model: keras.Model, prefix: str) -> list[str]:
+    return [type(layer).__name__ for layer in model.layers if layer.name.startswith(prefix)]
+
+
+def network(**values) -> keras.Model:
+    return build_network(make_config(values), SHAPE, 10)
+
+
+def images(n: int = 4, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, *SHAPE), dtype=np.uint8)
+
+
+@pytest.mark.parametrize(
+    ("architecture", "filters"),
+    [("baseline1", [32, 64]), ("baseline2", [32, 32, 64, 64, 128, 128])],
+)
+def test_architectures_have_the_reference_convolutions(architecture, filters):
+    model = network(architecture=architecture)
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [c.filters for c in convs] == filters
+    assert all(c.kernel_size == (3, 3) and c.padding == "same" for c in convs)
+    pools = [layer for layer in model.layers if isinstance(layer, keras.layers.MaxPooling2D)]
+    assert len(pools) == len(set(filters))
+    assert model.output_shape == (None, 10)
+    assert model.layers[-1].activation.__name__ == "softmax"
+
+
+@pytest.mark.parametrize(
+    ("placement", "order"),
+    [
+        ("none", ["Conv2D", "Activation"]),
+        ("before", ["Conv2D", "BatchNormalization", "Activation"]),
+        ("after", ["Conv2D", "Activation", "BatchNormalization"]),
+    ],
+)
+def test_batch_norm_placement_sets_layer_order(placement, order):
+    assert layer_kinds(network(batch_norm=placement), "block1_1_") == order
+
+
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu", "sigmoid", "tanh", "elu", "swish"])
+def test_activation_is_applied(activation):
+    model = network(activation=activation)
+    applied = model.get_layer("block2_1_act").activation
+    assert applied is keras.activations.get(activation)
+
+
+@pytest.mark.parametrize(
+    ("name", "cls"),
+    [
+        ("he_normal", keras.initializers.HeNormal),
+        ("glorot_uniform", keras.initializers.GlorotUniform),
+        ("random_uniform", keras.initializers.RandomUniform),
+        ("zeros", keras.initializers.Zeros),
+    ],
+)
+def test_initializer_is_applied(name, cls):
+    model = network(kernel_initializer=name)
+    assert isinstance(model.get_layer("block1_1_conv").kernel_initializer, cls)
+    assert isinstance(model.get_layer("probabilities").kernel_initializer, cls)
+
+
+def test_zero_initialization_gives_outputs_independent_of_the_input():
+    model = network(kernel_initializer="zeros")
+    first, second = model.predict(images(seed=1), verbose=0), model.predict(images(seed=2), verbose=0)
+    np.testing.assert_allclose(first, second)
+    np.testing.assert_allclose(first, 0.1, rtol=1e-6)
+    varied = network(kernel_initializer="he_normal")
+    assert not np.allclose(varied.predict(images(seed=1), verbose=0),
+                           varied.predict(images(seed=2), verbose=0))
+
+
+@pytest.mark.parametrize(
+    ("dropout", "rates"),
+    [("none", []), (0.3, [0.3, 0.3, 0.3]), ("0.2/0.5/0.7", [0.2, 0.5, 0.7])],
+)
+def test_dropout_follows_each_pooling_with_its_rate(dropout, rates):
+    model = network(dropout=dropout)
+    names = [layer.name for layer in model.layers]
+    drops = [layer for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
+    assert [round(d.rate, 6) for d in drops] == rates
+    for drop in drops:
+        block = drop.name.split("_")[0]
+        assert names[names.index(drop.name) - 1] == f"{block}_pool"
+
+
+@pytest.mark.parametrize("kind", ["l1", "l2", "l1l2"])
+def test_weight_decay_adds_a_regularization_loss_per_kernel(kind):
+    model = network(weight_decay=kind, weight_decay_magnitude=1e-3)
+    model(images(), training=False)
+    assert len(model.losses) == 7  # six convolutions and the dense layer
+    assert all(float(loss) > 0 for loss in model.losses)
+    conv = model.get_layer("block1_1_conv")
+    expected = {"l1": keras.regularizers.L1, "l2": keras.regularizers.L2,
+                "l1l2": keras.regularizers.L1L2}[kind]
+    assert type(conv.kernel_regularizer) is expected
+
+
+def test_no_weight_decay_means_no_regularization_loss():
+    model = network()
+    model(images(), training=False)
+    assert model.losses == []
+
+
+def test_l1_and_l2_penalties_differ_for_the_same_weights():
+    l1, l2 = network(weight_decay="l1", seed=3), network(weight_decay="l2", seed=3)
+    l2.set_weights(l1.get_weights())
+    l1(images()), l2(images())
+    assert float(sum(l1.losses)) != pytest.approx(float(sum(l2.losses)))
+
+
+@pytest.mark.parametrize(
+    ("name", "cls", "momentum", "nesterov"),
+    [
+        ("sgd", keras.optimizers.SGD, 0.0, False),
+        ("sgd_momentum", keras.optimizers.SGD, 0.8, False),
+        ("sgd_nesterov", keras.optimizers.SGD, 0.8, True),
+        ("rmsprop", keras.optimizers.RMSprop, 0.0, None),
+        ("rmsprop_momentum", keras.optimizers.RMSprop, 0.8, None),
+        ("adam", keras.optimizers.Adam, None, None),
+        ("adamax", keras.optimizers.Adamax, None, None),
+        ("adagrad", keras.optimizers.Adagrad, None, None),
+        ("adadelta", keras.optimizers.Adadelta, None, None),
+        ("nadam", keras.optimizers.Nadam, None, None),
+        ("ftrl", keras.optimizers.Ftrl, None, None),
+    ],
+)
+def test_optimizer_class_and_momentum(name, cls, momentum, nesterov):
+    model = build_model(make_config({"optimizer": name, "momentum": 0.8}), SHAPE, 10)
+    optimizer = model.optimizer
+    assert type(optimizer) is cls
+    if momentum is not None:
+        assert optimizer.momentum == pytest.approx(momentum)
+    if nesterov is not None:
+        assert optimizer.nesterov is nesterov
+
+
+def test_learning_rate_defaults_to_the_optimizers_own_and_can_be_set():
+    sgd_default = build_model(make_config({"optimizer": "sgd"}), SHAPE, 10).optimizer
+    assert float(sgd_default.learning_rate) == pytest.approx(0.01)
+    adam_set = build_model(make_config({"learning_rate": 0.0123}), SHAPE, 10).optimizer
+    assert float(adam_set.learning_rate) == pytest.approx(0.0123)
+
+
+def test_model_takes_raw_uint8_images_and_scales_them():
+    model = network()
+    assert model.inputs[0].dtype == "uint8"
+    assert model.get_layer("scale").scale == pytest.approx(1 / 255)
+    probabilities = model.predict(images(), verbose=0)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)

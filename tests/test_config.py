@@ -1,0 +1,112 @@
+"""The trial-config schema: defaults, parsing, and errors that name key, value and choices."""
+
+from __future__ import annotations
+
+import pytest
+
+from hpsearch.config import (
+    DataSpec,
+    TrialConfig,
+    load_config,
+    make_config,
+    make_data_spec,
+    parse_overrides,
+)
+from hpsearch.errors import ConfigError
+
+
+def test_config_defaults_are_the_reference_study():
+    config = TrialConfig()
+    assert config.architecture == "baseline2"
+    assert config.batch_norm == "none"
+    assert config.activation == "relu"
+    assert config.kernel_initializer == "glorot_uniform"
+    assert config.dropout == () and config.dropout_rates() == (0.0, 0.0, 0.0)
+    assert config.weight_decay == "none"
+    assert config.optimizer == "adam" and config.learning_rate is None
+    assert config.batch_size == 32 and config.epochs == 20 and config.patience == 3
+    assert config.augmentation == ()
+
+
+@pytest.mark.parametrize(
+    ("raw", "rates"),
+    [
+        ("none", (0.0, 0.0, 0.0)),
+        (0.2, (0.2, 0.2, 0.2)),
+        ("0.2/0.5/0.7", (0.2, 0.5, 0.7)),
+        ([0.1, 0.2, 0.3], (0.1, 0.2, 0.3)),
+    ],
+)
+def test_config_dropout_forms(raw, rates):
+    assert make_config({"dropout": raw}).dropout_rates() == rates
+
+
+def test_config_augmentation_combinations_parse_and_log_flat():
+    config = make_config({"augmentation": "standard+mixup", "dropout": "0.2/0.5/0.7"})
+    assert config.augmentation == ("standard", "mixup")
+    params = config.to_params()
+    assert params["augmentation"] == "standard+mixup"
+    assert params["dropout"] == "0.2/0.5/0.7"
+    assert params["learning_rate"] == "default"
+    assert set(params) == set(TrialConfig.model_fields)
+    assert all(isinstance(v, str) for v in params.values())
+
+
+def test_config_yaml_round_trip(tmp_path):
+    config = make_config({"dropout": [0.2, 0.5, 0.7], "augmentation": ["cutout"], "seed": 7})
+    path = tmp_path / "c.yaml"
+    path.write_text(config.to_yaml())
+    assert load_config(path) == config
+
+
+@pytest.mark.parametrize(
+    ("values", "fragments"),
+    [
+        ({"batch_norm": "middle"}, ["batch_norm", "'middle'", "none, before, after"]),
+        ({"optimizer": "adamm"}, ["optimizer", "'adamm'", "sgd_nesterov"]),
+        ({"learning_rate": -1}, ["learning_rate", "-1", "greater than 0"]),
+        ({"dropout": 1.5}, ["dropout", "1.5", "[0, 1)"]),
+        ({"dropout": "0.2/0.5"}, ["dropout", "3 blocks", "[0.2, 0.5]"]),
+        ({"weight_decay_magnitude": 1.0}, ["weight_decay_magnitude", "1.0", "le 0.1"]),
+        ({"augmentation": "standard+foo"}, ["augmentation", "'foo'", "gridmask"]),
+        ({"colour": "red"}, ["unknown key 'colour'", "'red'", "batch_norm"]),
+    ],
+)
+def test_config_rejects_bad_values_naming_key_value_and_choices(values, fragments):
+    with pytest.raises(ConfigError) as caught:
+        make_config(values)
+    for fragment in fragments:
+        assert fragment in str(caught.value)
+
+
+def test_overrides_parse_yaml_values_and_several_per_item():
+    overrides = parse_overrides(["epochs=2 learning_rate=1e-3", "dropout=[0.2,0.5,0.7]"])
+    assert overrides == {"epochs": 2, "learning_rate": 1e-3, "dropout": [0.2, 0.5, 0.7]}
+    assert make_config(overrides).dropout == (0.2, 0.5, 0.7)
+
+
+@pytest.mark.parametrize("item", ["epochs", "=3", "nonsense=1"])
+def test_overrides_reject_malformed_items(item):
+    with pytest.raises(ConfigError, match="--set"):
+        parse_overrides([item])
+
+
+def test_load_config_file_errors_name_the_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("batch_size: many\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: batch_size: got 'many'"):
+        load_config(bad)
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(listed)
+
+
+def test_data_spec_validates():
+    assert DataSpec().dataset == "digits"
+    with pytest.raises(ConfigError, match="dataset"):
+        make_data_spec({"dataset": "imagenet"})
+    with pytest.raises(ConfigError, match="validation_fraction"):
+        make_data_spec({"validation_fraction": 1.5})
