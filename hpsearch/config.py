@@ -71,7 +71,10 @@ class TrialConfig(BaseModel):
     weight_decay_magnitude: float = Field(default=1e-4, ge=1e-6, le=1e-1)
     optimizer: Optimizer = "adam"
     learning_rate: float | None = Field(
-        default=None, gt=0, le=10.0, description="float in (0, 10], or null: the optimizer's default"
+        default=None,
+        gt=0,
+        le=10.0,
+        description="float in (0, 10], or null: the optimizer's default",
     )
     momentum: float = Field(default=0.9, ge=0.0, lt=1.0)  # *_momentum, sgd_nesterov only
     lr_schedule: LrSchedule = "constant"
@@ -257,7 +260,9 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         except yaml.YAMLError as error:
             raise ConfigError(f"{path}: not valid YAML: {error}") from None
         if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of key: value, got {type(loaded).__name__}")
+            raise ConfigError(
+                f"{path}: expected a mapping of key: value, got {type(loaded).__name__}"
+            )
         values.update(loaded or {})
     values.update(overrides or {})
     return make_config(values, where)

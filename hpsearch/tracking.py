@@ -12,7 +12,7 @@ import contextlib
 import io
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,12 +46,11 @@ def experiment_id(client: MlflowClient, name: str) -> str:
     return client.create_experiment(name)
 
 
-def where_to_look(experiment: str, run_id: str | None = None) -> str:
+def where_to_look(exp_id: str, run_id: str | None = None) -> str:
     """The MLflow UI page of a run or experiment, or the command that opens a local store."""
     import mlflow
 
     uri = mlflow.get_tracking_uri()
-    exp_id = experiment_id(mlflow.MlflowClient(), experiment)
     page = f"#/experiments/{exp_id}/runs" + (f"/{run_id}" if run_id else "")
     if uri.startswith(("http://", "https://")):
         return f"{uri.rstrip('/')}/{page}"
@@ -79,7 +78,10 @@ class EpochLogger(keras.callbacks.Callback):
 
 
 class TrialRun:
-    """One MLflow run for one trial; use as a context manager."""
+    """One MLflow run for one trial; use as a context manager.
+
+    With ``parent_run_id`` the run is nested under that run, in its experiment.
+    """
 
     def __init__(
         self,
@@ -91,14 +93,15 @@ class TrialRun:
         from mlflow import MlflowClient
 
         self.client = MlflowClient()
-        self.experiment = experiment
         tags = dict(tags or {})
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
-        run = self.client.create_run(
-            experiment_id(self.client, experiment), run_name=run_name, tags=tags
-        )
+            exp_id = self.client.get_run(parent_run_id).info.experiment_id
+        else:
+            exp_id = experiment_id(self.client, experiment)
+        run = self.client.create_run(exp_id, run_name=run_name, tags=tags)
         self.run_id: str = run.info.run_id
+        self.experiment_id: str = run.info.experiment_id
 
     def __enter__(self) -> TrialRun:
         return self
@@ -148,14 +151,6 @@ class TrialRun:
         with tempfile.TemporaryDirectory(prefix="hpsearch-") as tmp:
             for path in _write_artifacts(Path(tmp), result, config, splits):
                 self.client.log_artifact(self.run_id, str(path))
-
-    @contextlib.contextmanager
-    def as_active(self) -> Iterator[None]:
-        """Make this run MLflow's active run (for fluent APIs such as model logging)."""
-        import mlflow
-
-        with mlflow.start_run(run_id=self.run_id):
-            yield
 
 
 def _write_artifacts(

@@ -36,7 +36,9 @@ def test_in_model_augmentation_changes_training_batches_only(name):
 def test_cutout_and_gridmask_erase_pixels_to_zero():
     x = np.ones((8, *SHAPE), dtype="float32")
     for name in ("cutout", "gridmask"):
-        out = keras.ops.convert_to_numpy(keras.Sequential(in_model_layers([name], 2))(x, training=True))
+        out = keras.ops.convert_to_numpy(
+            keras.Sequential(in_model_layers([name], 2))(x, training=True)
+        )
         zeroed = (out == 0).mean()
         assert 0.01 < zeroed < 0.6, (name, zeroed)
 

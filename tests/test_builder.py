@@ -75,12 +75,16 @@ def test_initializer_is_applied(name, cls):
 
 def test_zero_initialization_gives_outputs_independent_of_the_input():
     model = network(kernel_initializer="zeros")
-    first, second = model.predict(images(seed=1), verbose=0), model.predict(images(seed=2), verbose=0)
+    first, second = (
+        model.predict(images(seed=1), verbose=0),
+        model.predict(images(seed=2), verbose=0),
+    )
     np.testing.assert_allclose(first, second)
     np.testing.assert_allclose(first, 0.1, rtol=1e-6)
     varied = network(kernel_initializer="he_normal")
-    assert not np.allclose(varied.predict(images(seed=1), verbose=0),
-                           varied.predict(images(seed=2), verbose=0))
+    assert not np.allclose(
+        varied.predict(images(seed=1), verbose=0), varied.predict(images(seed=2), verbose=0)
+    )
 
 
 @pytest.mark.parametrize(
@@ -104,8 +108,11 @@ def test_weight_decay_adds_a_regularization_loss_per_kernel(kind):
     assert len(model.losses) == 7  # six convolutions and the dense layer
     assert all(float(loss) > 0 for loss in model.losses)
     conv = model.get_layer("block1_1_conv")
-    expected = {"l1": keras.regularizers.L1, "l2": keras.regularizers.L2,
-                "l1l2": keras.regularizers.L1L2}[kind]
+    expected = {
+        "l1": keras.regularizers.L1,
+        "l2": keras.regularizers.L2,
+        "l1l2": keras.regularizers.L1L2,
+    }[kind]
     assert type(conv.kernel_regularizer) is expected
 
 
