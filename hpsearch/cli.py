@@ -173,6 +173,115 @@ def _train(
         click.echo(f"MLflow run {run_id}: {where_to_look(exp_id, run_id)}")
 
 
+def _study_overrides(overrides: tuple[str, ...], data_dir: str | None, limit: int | None):
+    from hpsearch.config import parse_overrides
+
+    data = {"data_dir": data_dir} if data_dir else {}
+    if limit:
+        data["limit"] = limit
+    return parse_overrides(overrides), data
+
+
+@main.command()
+@click.argument("study_files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+def validate(study_files: tuple[str, ...]) -> None:
+    """Check study files without running them."""
+    from hpsearch.space import grid_size
+    from hpsearch.study import load_study
+
+    failed = False
+    for path in study_files:
+        try:
+            study = load_study(path)
+        except HpsearchError as error:
+            click.echo(f"Error: {error}", err=True)
+            failed = True
+            continue
+        size = f", grid of {grid_size(study)}" if study.sampler.type == "grid" else ""
+        click.echo(
+            f"{path}: ok (study {study.name}, {study.sampler.type} sampler{size}, "
+            f"pruner {study.pruner.type}, {len(study.space)} searched factors)"
+        )
+    if failed:
+        sys.exit(2)
+
+
+@main.command()
+@click.argument("study_file", type=click.Path(dir_okay=False))
+@click.option(
+    "--n-trials",
+    type=click.IntRange(min=0),
+    default=0,
+    help="The study's total number of trials (default: the study file's; "
+    "0: the file's). Finished trials count; a rerun resumes.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=0,
+    help="Stop starting trials after S seconds (0: the study file's, if any).",
+)
+@click.option(
+    "--storage",
+    default=None,
+    help="Optuna storage URL (default: optuna.db beside the local MLflow store).",
+)
+@click.option(
+    "--tracking-uri",
+    default=None,
+    help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or the local store).",
+)
+@click.option("--data-dir", default=None, help="Override the study's data directory/archive.")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Override the study's samples per split (0: the file's).",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Fix a trial-config key for every trial (repeatable).",
+)
+@click.option("-q", "--quiet", is_flag=True, help="One line per trial, no per-epoch progress.")
+def search(
+    study_file: str,
+    n_trials: int,
+    timeout: float,
+    storage: str | None,
+    tracking_uri: str | None,
+    data_dir: str | None,
+    limit: int,
+    overrides: tuple[str, ...],
+    quiet: bool,
+) -> None:
+    """Run or resume the Optuna study a study file describes, tracked in MLflow."""
+    try:
+        from hpsearch.study import load_study
+
+        fixed, data = _study_overrides(overrides, data_dir or None, limit or None)
+        spec = load_study(study_file, fixed, data)
+        from hpsearch.driver import default_storage, describe, run_search
+        from hpsearch.tracking import set_tracking_uri
+
+        uri = set_tracking_uri(tracking_uri)
+        outcome = run_search(
+            spec,
+            storage or default_storage(uri),
+            n_trials or None,
+            timeout or None,
+            echo=click.echo,
+            verbose=0 if quiet else 2,
+        )
+    except HpsearchError as error:
+        _fail(error)
+    click.echo(describe(outcome))
+    if outcome.interrupted:
+        sys.exit(130)
+
+
 @main.command("config")
 @click.option(
     "--config",

@@ -25,3 +25,17 @@ class TrialFailed(HpsearchError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+def failure_reason(error: BaseException) -> str:
+    """A short reason for a failed trial: nan_loss, out_of_memory, interrupted, exception:<Type>."""
+    if isinstance(error, TrialFailed):
+        return error.reason
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted"
+    text = f"{type(error).__name__} {error}".lower()
+    if "resourceexhausted" in text or "out of memory" in text or isinstance(error, MemoryError):
+        return "out_of_memory"
+    if isinstance(error, ConfigError):
+        return "invalid_config"
+    return f"exception:{type(error).__name__}"

@@ -101,30 +101,37 @@ class TrialRun:
             exp_id = experiment_id(self.client, experiment)
         run = self.client.create_run(exp_id, run_name=run_name, tags=tags)
         self.run_id: str = run.info.run_id
+        self.ended = False
         self.experiment_id: str = run.info.experiment_id
 
     def __enter__(self) -> TrialRun:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        if exc_type is None:
+        if self.ended:
+            return False
+        if exc is None:
             self.end("completed")
-        elif issubclass(exc_type, KeyboardInterrupt):
-            self.end("failed", reason="interrupted", status="KILLED")
         else:
-            self.end("failed", reason=getattr(exc, "reason", exc_type.__name__), detail=str(exc))
+            from hpsearch.errors import failure_reason
+
+            interrupted = isinstance(exc, KeyboardInterrupt)
+            status = "KILLED" if interrupted else "FAILED"
+            self.end("failed", reason=failure_reason(exc), detail=str(exc), status=status)
         return False
 
     def end(
         self, outcome: str, reason: str | None = None, detail: str = "", status: str | None = None
     ) -> None:
-        """Tag the outcome and close the run (FINISHED, FAILED or KILLED)."""
+        """Tag the outcome (completed, pruned, failed) and close the run."""
+        self.ended = True
         with contextlib.suppress(Exception):  # closing must not mask the original error
-            self.client.set_tag(self.run_id, OUTCOME_TAG, outcome)
+            tags = {OUTCOME_TAG: outcome}
             if reason:
-                self.client.set_tag(self.run_id, REASON_TAG, reason)
+                tags[REASON_TAG] = reason
             if detail:
-                self.client.set_tag(self.run_id, "hpsearch.failure_detail", detail[:4000])
+                tags["hpsearch.failure_detail"] = detail[:4000]
+            self.set_tags(tags)
         status = status or ("FAILED" if outcome == "failed" else "FINISHED")
         self.client.set_terminated(self.run_id, status)
 
@@ -151,6 +158,58 @@ class TrialRun:
         with tempfile.TemporaryDirectory(prefix="hpsearch-") as tmp:
             for path in _write_artifacts(Path(tmp), result, config, splits):
                 self.client.log_artifact(self.run_id, str(path))
+
+
+class StudyRun:
+    """The parent run of a study: created once, reopened when the study resumes."""
+
+    def __init__(
+        self,
+        experiment: str,
+        run_id: str | None,
+        tags: Mapping[str, str],
+        params: Mapping[str, str],
+    ) -> None:
+        from mlflow import MlflowClient
+        from mlflow.entities import Param, RunTag
+        from mlflow.exceptions import MlflowException
+
+        self.client = MlflowClient()
+        self.resumed = False
+        if run_id:
+            try:
+                run = self.client.get_run(run_id)
+                self.client.update_run(run_id, status="RUNNING")
+                self.resumed = True
+            except MlflowException:
+                run_id = None  # recorded on another tracking server: start a new parent
+        if not run_id:
+            exp_id = experiment_id(self.client, experiment)
+            run = self.client.create_run(exp_id, run_name=experiment, tags=dict(tags))
+            self.client.log_batch(
+                run.info.run_id,
+                params=[Param(k, str(v)) for k, v in params.items()],
+                tags=[RunTag("hpsearch.role", "study")],
+            )
+        self.run_id: str = run.info.run_id
+        self.experiment_id: str = run.info.experiment_id
+
+    def log_summary(
+        self, metrics: Mapping[str, float], tags: Mapping[str, str], folder: Path
+    ) -> None:
+        """Best-trial metrics and tags, and every file in ``folder`` as an artifact."""
+        from mlflow.entities import Metric, RunTag
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            self.run_id,
+            metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+            tags=[RunTag(k, str(v)) for k, v in tags.items()],
+        )
+        self.client.log_artifacts(self.run_id, str(folder))
+
+    def close(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status)
 
 
 def _write_artifacts(

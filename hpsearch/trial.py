@@ -40,7 +40,7 @@ def tracked_trial(
     if run is not None:
         run.log_params({**config.to_params(), **spec.to_params()})
         run.set_tags({"hpsearch.data_fingerprint": fingerprint})
-        callbacks.append(run.epoch_logger())
+        callbacks.insert(0, run.epoch_logger())  # before a pruner ends the epoch
     result = run_trial(config, splits, callbacks, evaluate_test=evaluate_test, verbose=verbose)
     if run is not None:
         run.log_result(result, config, splits)

@@ -1,0 +1,43 @@
+"""A progress line per finished trial: counts by outcome and the best so far."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import optuna
+from optuna.trial import TrialState
+
+
+class StudyProgress:
+    """Optuna callback that prints one line per trial to ``echo``."""
+
+    def __init__(self, target: int | None, echo: Callable[[str], None]) -> None:
+        self.target, self.echo = target, echo
+        self.started = time.monotonic()
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        states = [t.state for t in study.get_trials(deepcopy=False)]
+        done = sum(s != TrialState.RUNNING and s != TrialState.WAITING for s in states)
+        counts = {
+            "complete": states.count(TrialState.COMPLETE),
+            "pruned": states.count(TrialState.PRUNED),
+            "failed": states.count(TrialState.FAIL),
+        }
+        outcome = trial.state.name.lower()
+        if trial.state == TrialState.COMPLETE:
+            outcome += f" value {trial.value:.4f}"
+        elif trial.state == TrialState.FAIL:
+            outcome += f" ({trial.user_attrs.get('fail_reason', 'unknown')})"
+        elif trial.state == TrialState.PRUNED:
+            outcome += f" at epoch {trial.last_step}"
+        seconds = (trial.datetime_complete - trial.datetime_start).total_seconds()
+        of = f"/{self.target}" if self.target else ""
+        summary = ", ".join(f"{n} {k}" for k, n in counts.items())
+        best = ""
+        if counts["complete"]:
+            best = f" | best {study.best_value:.4f} (trial {study.best_trial.number})"
+        self.echo(
+            f"[{study.study_name}] trial {trial.number} {outcome} in {seconds:.1f}s"
+            f" | {done}{of} done: {summary}{best}"
+        )

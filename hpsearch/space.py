@@ -1,0 +1,57 @@
+"""The search space: turns a study's ``space`` into Optuna suggestions.
+
+Pure functions over a study file and an Optuna trial; no training, no MLflow.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+from hpsearch.study import Factor, StudyFile
+
+if TYPE_CHECKING:
+    import optuna
+
+
+def _active(factor: Factor, values: dict[str, Any]) -> bool:
+    """A factor with ``when`` is searched only when every condition holds."""
+    return all(values.get(key) in allowed for key, allowed in (factor.when or {}).items())
+
+
+def suggest(trial: optuna.Trial, study: StudyFile) -> dict[str, Any]:
+    """The fixed keys plus one suggested value per active factor, in file order."""
+    values: dict[str, Any] = dict(study.fixed)
+    for key, factor in study.space.items():
+        if not _active(factor, values):
+            continue
+        if factor.choices is not None:
+            values[key] = trial.suggest_categorical(key, factor.choices)
+        elif factor.is_integer:
+            step = int(factor.step or 1)
+            values[key] = trial.suggest_int(
+                key, int(factor.low), int(factor.high), step=step, log=factor.log
+            )
+        else:
+            values[key] = trial.suggest_float(
+                key, factor.low, factor.high, log=factor.log, step=factor.step
+            )
+    return values
+
+
+def grid_values(factor: Factor) -> list[Any]:
+    """Every value a grid visits for one factor."""
+    if factor.choices is not None:
+        return list(factor.choices)
+    count = int(round((factor.high - factor.low) / factor.step)) + 1
+    points = [factor.low + i * factor.step for i in range(count)]
+    return [int(p) for p in points] if factor.is_integer else points
+
+
+def grid_space(study: StudyFile) -> dict[str, list[Any]]:
+    """The grid for Optuna's GridSampler: factor -> values."""
+    return {key: grid_values(factor) for key, factor in study.space.items()}
+
+
+def grid_size(study: StudyFile) -> int:
+    return math.prod(len(values) for values in grid_space(study).values())

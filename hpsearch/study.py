@@ -1,0 +1,216 @@
+"""Study files (``studies/*.yaml``): schema, loading and validation.
+
+A study file names the study, its objective, sampler, pruner, budget, data,
+the ``fixed`` trial-config keys and the searched ``space``. Everything is
+checked before anything runs; errors name the file, the key, what was
+expected and what was received.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from hpsearch.config import DataSpec, TrialConfig, format_validation_error, make_config
+from hpsearch.errors import ConfigError
+
+SamplerName = Literal["grid", "random", "tpe", "cmaes", "qmc"]
+PrunerName = Literal["none", "median", "percentile", "successive_halving", "hyperband"]
+ObjectiveMetric = Literal["best_val_accuracy", "best_val_loss"]
+
+#: per-epoch Keras metric that the pruner watches for each objective
+EPOCH_METRIC = {"best_val_accuracy": "val_accuracy", "best_val_loss": "val_loss"}
+
+_Strict = ConfigDict(extra="forbid", frozen=True)
+
+
+class Objective(BaseModel):
+    model_config = _Strict
+    metric: ObjectiveMetric = "best_val_accuracy"
+    direction: Literal["maximize", "minimize"] = "maximize"
+
+    @model_validator(mode="after")
+    def _direction_fits_metric(self) -> Objective:
+        expected = "minimize" if self.metric == "best_val_loss" else "maximize"
+        if self.direction != expected:
+            raise ValueError(
+                f"objective.direction: {self.metric} is to {expected}, got {self.direction}"
+            )
+        return self
+
+
+class SamplerSpec(BaseModel):
+    model_config = _Strict
+    type: SamplerName = "tpe"
+    seed: int = Field(default=0, ge=0)
+    n_startup_trials: int | None = Field(default=None, ge=0)  # tpe, cmaes
+
+
+class PrunerSpec(BaseModel):
+    model_config = _Strict
+    type: PrunerName = "none"
+    n_startup_trials: int = Field(default=5, ge=0)  # median, percentile
+    n_warmup_steps: int = Field(default=1, ge=0)  # epochs before pruning may start
+    percentile: float = Field(default=25.0, gt=0, lt=100)  # percentile pruner
+    min_resource: int | Literal["auto"] = "auto"  # successive_halving, hyperband (epochs)
+    reduction_factor: int = Field(default=3, ge=2)
+
+
+Scalar = str | int | float | bool | None
+
+
+class Factor(BaseModel):
+    """One searched key: ``choices``, or ``low``/``high`` with ``log``/``step``.
+
+    ``when`` makes it conditional: ``{optimizer: [sgd_momentum, rmsprop_momentum]}``
+    searches it only for trials where ``optimizer`` took one of those values.
+    """
+
+    model_config = _Strict
+    choices: list[Scalar] | None = None
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = Field(default=None, gt=0)
+    when: dict[str, list[Scalar]] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Factor:
+        if self.choices is not None:
+            if self.low is not None or self.high is not None:
+                raise ValueError("give either choices or low/high, not both")
+            if not self.choices:
+                raise ValueError("choices is empty: list at least one value")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("give choices, or both low and high")
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log scale needs low > 0, got {self.low}")
+        if self.log and self.step is not None:
+            raise ValueError("log and step cannot be combined")
+        return self
+
+    @property
+    def is_integer(self) -> bool:
+        return self.choices is None and all(
+            float(v).is_integer() for v in (self.low, self.high, self.step or 1)
+        )
+
+
+class StudyFile(BaseModel):
+    """A whole study file, as validated."""
+
+    model_config = _Strict
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    objective: Objective = Objective()
+    sampler: SamplerSpec = SamplerSpec()
+    pruner: PrunerSpec = PrunerSpec()
+    n_trials: int | None = Field(default=None, ge=1)  # the study's total
+    timeout: float | None = Field(default=None, gt=0)  # seconds per invocation
+    data: DataSpec = DataSpec()
+    fixed: dict[str, Any] = Field(default_factory=dict)
+    space: dict[str, Factor] = Field(default_factory=dict)
+
+
+def _check_space(study: StudyFile, where: str) -> None:
+    fields = TrialConfig.model_fields
+    for key in study.space:
+        if key not in fields:
+            raise ConfigError(f"{where}: space.{key}: unknown factor; known: {', '.join(fields)}")
+        if key in study.fixed:
+            raise ConfigError(f"{where}: {key} is both fixed and searched; keep one")
+    base = make_config(study.fixed, f"{where}: fixed")
+    for key, factor in study.space.items():
+        for condition in factor.when or {}:
+            if condition not in study.space and condition not in fields:
+                raise ConfigError(
+                    f"{where}: space.{key}.when: unknown factor {condition!r}; "
+                    f"expected a key of space or of the trial config"
+                )
+        samples = factor.choices if factor.choices is not None else [factor.low, factor.high]
+        for value in samples:
+            _check_value(base, key, value, where)
+    if study.sampler.type == "grid":
+        for key, factor in study.space.items():
+            if factor.when:
+                raise ConfigError(
+                    f"{where}: space.{key}.when: grid sampler needs an unconditional space"
+                )
+            if factor.choices is None and factor.step is None:
+                raise ConfigError(
+                    f"{where}: space.{key}: grid sampler needs choices, or low/high with a step"
+                )
+    elif study.n_trials is None and study.timeout is None:
+        raise ConfigError(
+            f"{where}: n_trials or timeout is required for a {study.sampler.type} sampler"
+        )
+
+
+def _check_value(base: TrialConfig, key: str, value: Any, where: str) -> None:
+    values = base.model_dump()
+    values[key] = value
+    if key == "dropout":  # the rate count is checked against the architecture at run time
+        values["architecture"] = (
+            "baseline2" if isinstance(value, str) and "/" in value else base.architecture
+        )
+    try:
+        TrialConfig.model_validate(values)
+    except ValidationError as error:
+        ours = [e for e in error.errors() if e["loc"] and e["loc"][0] == key]
+        if ours:
+            raise ConfigError(format_validation_error(error, f"{where}: space")) from None
+
+
+def parse_study(data: Any, where: str) -> StudyFile:
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{where}: expected a mapping of study settings, got {type(data).__name__}"
+        )
+    try:
+        study = StudyFile.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_format_study_error(error, where)) from None
+    _check_space(study, where)
+    return study
+
+
+def _format_study_error(error: ValidationError, where: str) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(p) for p in item["loc"]) or "(study)"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"{where}: {key}: {message} (got {item.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load_study(
+    path: str | Path,
+    fixed: dict[str, Any] | None = None,
+    data: dict[str, Any] | None = None,
+) -> StudyFile:
+    """Read and validate a study file.
+
+    ``fixed`` overrides trial-config keys (a searched key set here stops being
+    searched); ``data`` overrides data options (``data_dir``, ``limit``...).
+    """
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: study file not found") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if isinstance(raw, dict) and (fixed or data):
+        raw = dict(raw)
+        raw["fixed"] = {**(raw.get("fixed") or {}), **(fixed or {})}
+        raw["space"] = {k: v for k, v in (raw.get("space") or {}).items() if k not in (fixed or {})}
+        raw["data"] = {**(raw.get("data") or {}), **(data or {})}
+    return parse_study(raw, str(path))

@@ -1,0 +1,61 @@
+"""The study summary written beside the parent run: best config, plots, all trials."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import optuna
+import yaml
+from optuna.trial import TrialState
+
+log = logging.getLogger(__name__)
+
+
+def completed(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+
+def write_summary(study: optuna.Study, folder: Path) -> list[Path]:
+    """trials.csv always; best_config.yaml and the Optuna plots when they are defined."""
+    written = [folder / "trials.csv"]
+    study.trials_dataframe().to_csv(written[0], index=False)
+    if not completed(study):
+        return written
+    best = study.best_trial
+    config = best.user_attrs.get("config")
+    if config:
+        path = folder / "best_config.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        written.append(path)
+    written += _plots(study, folder)
+    return written
+
+
+def _plots(study: optuna.Study, folder: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as optuna_plots
+
+    written = []
+    for name, plot in (
+        ("optimization_history.png", optuna_plots.plot_optimization_history),
+        ("param_importances.png", optuna_plots.plot_param_importances),
+    ):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Optuna marks these plots experimental
+                axes = plot(study)
+        except (ValueError, RuntimeError, ZeroDivisionError) as error:
+            log.info("%s not drawn: %s", name, error)  # e.g. importances need 2+ varied trials
+            continue
+        figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
+        figure.set_size_inches(8, 5)
+        figure.tight_layout()
+        figure.savefig(folder / name, dpi=100)
+        plt.close(figure)
+        written.append(folder / name)
+    return written
