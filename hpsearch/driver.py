@@ -8,7 +8,6 @@ Failed trials are recorded with their reason and the study goes on.
 
 from __future__ import annotations
 
-import logging
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,7 +25,13 @@ from hpsearch.samplers import make_pruner, make_sampler
 from hpsearch.space import grid_size, suggest
 from hpsearch.study import EPOCH_METRIC, StudyFile
 from hpsearch.summary import completed, write_summary
-from hpsearch.tracking import StudyRun, TrialRun, hide_password, where_to_look
+from hpsearch.tracking import (
+    StudyRun,
+    TrialRun,
+    hide_password,
+    link_project_run,
+    where_to_look,
+)
 from hpsearch.trial import load_splits, tracked_trial
 
 PARENT_ATTR = "mlflow_parent_run_id"
@@ -152,6 +157,7 @@ def run_search(
         params=_study_params(spec),
     )
     study.set_user_attr(PARENT_ATTR, parent.run_id)
+    link_project_run(parent.run_id)
     echo(
         f"[{spec.name}] {'resuming' if parent.resumed else 'starting'}: "
         f"{to_run if to_run is not None else 'unlimited'} trials to run"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import tempfile
 import time
 from collections.abc import Mapping
@@ -210,6 +211,15 @@ class StudyRun:
 
     def close(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.run_id, status)
+
+
+def link_project_run(study_run_id: str) -> None:
+    """Under ``mlflow run``, point the run MLflow Projects made at the study's parent run."""
+    project_run = os.environ.get("MLFLOW_RUN_ID")
+    if project_run and project_run != study_run_id:
+        from mlflow import MlflowClient
+
+        MlflowClient().set_tag(project_run, "hpsearch.study_parent_run_id", study_run_id)
 
 
 def _write_artifacts(

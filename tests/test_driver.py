@@ -1,0 +1,136 @@
+"""The study driver in-process: grids, failures, pruning, on real Optuna/MLflow/Keras."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import keras
+import mlflow
+import optuna
+import pytest
+from mlflow import MlflowClient
+from optuna.trial import TrialState
+
+from hpsearch.driver import run_search
+from hpsearch.study import parse_study
+
+
+@pytest.fixture
+def stores(tmp_path):
+    """A fresh SQLite Optuna storage and local MLflow store, made current."""
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    yield f"sqlite:///{tmp_path / 'optuna.db'}", MlflowClient()
+    mlflow.set_tracking_uri(previous)
+
+
+def tiny_study(name: str, **settings) -> dict:
+    return {
+        "name": name,
+        "data": {"dataset": "digits", "limit": 120},
+        "fixed": {"architecture": "baseline1", "epochs": 2, "batch_size": 32},
+        **settings,
+    }
+
+
+def runs_of(client: MlflowClient, study: str):
+    experiment = client.get_experiment_by_name(study)
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return parents, children
+
+
+def test_grid_study_enumerates_exactly_its_grid(stores):
+    storage, client = stores
+    spec = parse_study(
+        tiny_study(
+            "grid",
+            sampler={"type": "grid", "seed": 3},
+            space={
+                "batch_norm": {"choices": ["none", "after"]},
+                "dropout": {"choices": ["none", 0.3]},
+            },
+        ),
+        "grid.yaml",
+    )
+    outcome = run_search(spec, storage, echo=lambda _: None, verbose=0)
+    assert outcome.counts == {"complete": 4, "pruned": 0, "failed": 0}
+    trials = optuna.load_study(study_name="grid", storage=storage).trials
+    combos = {(t.params["batch_norm"], t.params["dropout"]) for t in trials}
+    assert combos == set(itertools.product(["none", "after"], ["none", 0.3]))
+    again = run_search(spec, storage, echo=lambda _: None, verbose=0)  # nothing left to run
+    assert sum(again.counts.values()) == 4 and again.parent_run_id == outcome.parent_run_id
+    parents, children = runs_of(client, "grid")
+    assert len(parents) == 1 and len(children) == 4
+    assert {c.data.params["batch_norm"] for c in children} == {"none", "after"}
+    summary = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+    assert {"trials.csv", "best_config.yaml", "optimization_history.png"} <= summary
+    assert parents[0].data.tags["best_run_id"] == outcome.best_run_id
+
+
+class PoisonWeights(keras.callbacks.Callback):
+    """Makes the loss NaN by writing NaN into the output kernel (a real diverged fit)."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        kernel = self.model.get_layer("probabilities").kernel
+        kernel.assign(keras.ops.full(kernel.shape, math.nan))
+
+
+class Explode(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        raise RuntimeError("simulated crash inside training")
+
+
+def test_nan_and_raising_trials_fail_with_reason_and_the_study_goes_on(stores):
+    storage, client = stores
+    spec = parse_study(
+        tiny_study("failing", sampler={"type": "random", "seed": 0}, n_trials=4,
+                   space={"batch_norm": {"choices": ["none", "before"]}}),
+        "failing.yaml",
+    )  # fmt: skip
+    poison = {1: [PoisonWeights()], 2: [Explode()]}
+    outcome = run_search(
+        spec, storage, echo=lambda _: None, verbose=0,
+        extra_callbacks=lambda trial: poison.get(trial.number, []),
+    )  # fmt: skip
+    trials = optuna.load_study(study_name="failing", storage=storage).trials
+    assert [t.state for t in trials[:3]] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.FAIL]
+    assert trials[1].user_attrs["fail_reason"] == "nan_loss"
+    assert trials[2].user_attrs["fail_reason"] == "exception:RuntimeError"
+    # the study went on after the failures: trial 3 ran and completed
+    assert trials[3].state == TrialState.COMPLETE
+    assert outcome.counts == {"complete": 2, "pruned": 0, "failed": 2}
+    _, children = runs_of(client, "failing")
+    by_trial = {int(c.data.tags["optuna.trial_number"]): c for c in children}
+    assert by_trial[1].info.status == "FAILED"
+    assert by_trial[1].data.tags["hpsearch.failure_reason"] == "nan_loss"
+    assert by_trial[2].data.tags["hpsearch.failure_reason"] == "exception:RuntimeError"
+    assert "simulated crash" in by_trial[2].data.tags["hpsearch.failure_detail"]
+    assert by_trial[0].info.status == "FINISHED"
+    assert all(c.info.status != "RUNNING" for c in children)
+
+
+def test_pruned_study_prunes_and_saves_epochs(stores):
+    storage, client = stores
+    settings = dict(
+        sampler={"type": "grid", "seed": 1},
+        fixed={"architecture": "baseline1", "epochs": 4, "batch_size": 32, "patience": 10},
+        space={"learning_rate": {"choices": [3e-3, 1e-3, 1e-6, 2e-6, 3e-6, 5e-6]}},
+    )
+    pruned = parse_study(
+        tiny_study("pruned", pruner={"type": "median", "n_startup_trials": 2,
+                                     "n_warmup_steps": 0}, **settings),
+        "pruned.yaml",
+    )  # fmt: skip
+    outcome = run_search(pruned, storage, echo=lambda _: None, verbose=0)
+    assert outcome.counts["pruned"] >= 1
+    trials = optuna.load_study(study_name="pruned", storage=storage).trials
+    epochs = sum(t.user_attrs.get("epochs_run", t.last_step + 1 if t.last_step is not None else 0)
+                 for t in trials)  # fmt: skip
+    assert epochs < 6 * 4
+    _, children = runs_of(client, "pruned")
+    outcomes = {c.data.tags["hpsearch.outcome"] for c in children}
+    assert outcomes == {"completed", "pruned"}
+    assert all(c.info.status == "FINISHED" for c in children)
