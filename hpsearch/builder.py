@@ -96,3 +96,16 @@ def build_model(
         jit_compile=config.jit_compile,
     )
     return model
+
+
+def inference_model(model: keras.Model, config: TrialConfig) -> keras.Model:
+    """The trained network without its augmentation layers, for export.
+
+    Augmentation layers hold no weights, so the weights carry over one for one.
+    The result uses only Keras core layers: ``keras.saving.load_model`` alone
+    loads it, in any process, and it takes raw uint8 images.
+    """
+    plain = config.model_copy(update={"augmentation": ()})
+    exported = build_network(plain, tuple(model.input_shape[1:]), model.output_shape[-1])
+    exported.set_weights(model.get_weights())
+    return exported

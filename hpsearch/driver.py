@@ -120,7 +120,7 @@ class _Objective:
                     callbacks.append(KerasPruningCallback(trial, monitor))
                 result = tracked_trial(
                     config, self.spec.data, self.splits, run, self.fingerprint,
-                    callbacks, verbose=self.verbose,
+                    callbacks, evaluate_test=self.spec.evaluate_test, verbose=self.verbose,
                 )  # fmt: skip
             except optuna.TrialPruned:
                 run.end("pruned")
@@ -157,6 +157,9 @@ def run_search(
         params=_study_params(spec),
     )
     study.set_user_attr(PARENT_ATTR, parent.run_id)
+    study.set_user_attr("data", spec.data.model_dump())
+    study.set_user_attr("searched", list(spec.space))
+    study.set_user_attr("objective", spec.objective.metric)
     link_project_run(parent.run_id)
     echo(
         f"[{spec.name}] {'resuming' if parent.resumed else 'starting'}: "

@@ -71,13 +71,52 @@ def _standard_callbacks(config: TrialConfig) -> list[keras.callbacks.Callback]:
     return callbacks
 
 
-def _training_data(config: TrialConfig, splits: Splits, onehot: np.ndarray):
+def _training_data(config: TrialConfig, images: np.ndarray, onehot: np.ndarray) -> dict:
     if needs_mixed_batches(config.augmentation):
-        batches = MixedBatches(
-            splits.x_train, onehot, config.batch_size, config.augmentation, config.seed
-        )
+        batches = MixedBatches(images, onehot, config.batch_size, config.augmentation, config.seed)
         return {"x": batches}
-    return {"x": splits.x_train, "y": onehot, "batch_size": config.batch_size, "shuffle": True}
+    return {"x": images, "y": onehot, "batch_size": config.batch_size, "shuffle": True}
+
+
+def _fit(
+    config: TrialConfig,
+    images: np.ndarray,
+    labels: np.ndarray,
+    splits: Splits,
+    callbacks: list[keras.callbacks.Callback],
+    epochs: int,
+    verbose: int,
+    validation: tuple[np.ndarray, np.ndarray] | None,
+) -> tuple[keras.Model, dict[str, list[float]], float]:
+    """Seed, build and fit; returns the model, the history and the seconds in ``fit``."""
+    keras.utils.set_random_seed(config.seed)
+    classes = splits.num_classes
+    onehot = keras.utils.to_categorical(labels, classes)
+    steps = math.ceil(len(images) / config.batch_size)
+    model = build_model(config, splits.input_shape, classes, steps)
+    if validation is not None:
+        validation = (validation[0], keras.utils.to_categorical(validation[1], classes))
+    started = time.perf_counter()
+    fitted = model.fit(
+        **_training_data(config, images, onehot),
+        validation_data=validation,
+        epochs=epochs,
+        callbacks=[_LearningRateLog(), *callbacks],
+        verbose=verbose,
+    )
+    seconds = time.perf_counter() - started
+    history = {k: [float(v) for v in values] for k, values in fitted.history.items()}
+    _check_finite(history, ("loss", "val_loss") if validation is not None else ("loss",))
+    return model, history, seconds
+
+
+def evaluate(model: keras.Model, images: np.ndarray, labels: np.ndarray, classes: int):
+    """(loss, accuracy, probabilities) of ``model`` on labelled images."""
+    probabilities = model.predict(images, batch_size=512, verbose=0)
+    onehot = keras.utils.to_categorical(labels, classes)
+    loss = float(keras.ops.mean(keras.losses.categorical_crossentropy(onehot, probabilities)))
+    accuracy = float(np.mean(np.argmax(probabilities, axis=1) == labels))
+    return loss, accuracy, probabilities
 
 
 def run_trial(
@@ -89,43 +128,29 @@ def run_trial(
 ) -> TrialResult:
     """Build, fit and evaluate ``config`` on ``splits``; ``verbose`` as in ``Model.fit``."""
     started = time.perf_counter()
-    keras.utils.set_random_seed(config.seed)
     keras.config.set_dtype_policy(config.precision)
     try:
+        model, history, fit_time = _fit(
+            config, splits.x_train, splits.y_train, splits,
+            [*_standard_callbacks(config), *callbacks],
+            config.epochs, verbose, validation=(splits.x_val, splits.y_val),
+        )  # fmt: skip
+        best = int(np.argmin(history["val_loss"]))
         classes = splits.num_classes
-        y_train = keras.utils.to_categorical(splits.y_train, classes)
-        y_val = keras.utils.to_categorical(splits.y_val, classes)
-        steps = math.ceil(len(splits.x_train) / config.batch_size)
-        model = build_model(config, splits.input_shape, classes, steps)
-        all_callbacks = [_LearningRateLog(), *_standard_callbacks(config), *callbacks]
-        fit_started = time.perf_counter()
-        fitted = model.fit(
-            **_training_data(config, splits, y_train),
-            validation_data=(splits.x_val, y_val),
-            epochs=config.epochs,
-            callbacks=all_callbacks,
-            verbose=verbose,
-        )
-        fit_time = time.perf_counter() - fit_started
-        history = {k: [float(v) for v in values] for k, values in fitted.history.items()}
-        _check_finite(history)
-        val_loss = history["val_loss"]
-        best = int(np.argmin(val_loss))
-        val_probabilities = model.predict(splits.x_val, batch_size=512, verbose=0)
+        _, _, val_probabilities = evaluate(model, splits.x_val, splits.y_val, classes)
         test_metrics = {}
         if evaluate_test:
-            y_test = keras.utils.to_categorical(splits.y_test, classes)
-            loss, accuracy = model.evaluate(splits.x_test, y_test, batch_size=512, verbose=0)
-            test_metrics = {"test_loss": float(loss), "test_accuracy": float(accuracy)}
+            loss, accuracy, _ = evaluate(model, splits.x_test, splits.y_test, classes)
+            test_metrics = {"test_loss": loss, "test_accuracy": accuracy}
     finally:
         keras.config.set_dtype_policy("float32")
     return TrialResult(
         model=model,
         history=history,
-        epochs_run=len(val_loss),
+        epochs_run=len(history["val_loss"]),
         best_epoch=best + 1,
         best_val_accuracy=max(history["val_accuracy"]),
-        best_val_loss=val_loss[best],
+        best_val_loss=history["val_loss"][best],
         fit_time_s=fit_time,
         wall_time_s=time.perf_counter() - started,
         val_predictions=np.argmax(val_probabilities, axis=1),
@@ -133,8 +158,45 @@ def run_trial(
     )
 
 
-def _check_finite(history: dict[str, list[float]]) -> None:
-    for name in ("loss", "val_loss"):
+@dataclass
+class FinalResult:
+    """A model retrained on training + validation data and evaluated once on the test set."""
+
+    model: keras.Model
+    history: dict[str, list[float]]
+    epochs: int
+    test_loss: float
+    test_accuracy: float
+    test_probabilities: np.ndarray
+    fit_time_s: float
+
+
+def train_final(
+    config: TrialConfig,
+    splits: Splits,
+    epochs: int,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    verbose: int = 2,
+) -> FinalResult:
+    """Fit on training + validation data for ``epochs`` epochs, then evaluate on the test set."""
+    images = np.concatenate([splits.x_train, splits.x_val])
+    labels = np.concatenate([splits.y_train, splits.y_val])
+    keras.config.set_dtype_policy(config.precision)
+    try:
+        extra = [keras.callbacks.TerminateOnNaN(), *callbacks]
+        model, history, fit_time = _fit(
+            config, images, labels, splits, extra, epochs, verbose, validation=None
+        )
+        loss, accuracy, probabilities = evaluate(
+            model, splits.x_test, splits.y_test, splits.num_classes
+        )
+    finally:
+        keras.config.set_dtype_policy("float32")
+    return FinalResult(model, history, epochs, loss, accuracy, probabilities, fit_time)
+
+
+def _check_finite(history: dict[str, list[float]], names: tuple[str, ...]) -> None:
+    for name in names:
         values = history.get(name, [])
         if not values or not all(math.isfinite(v) for v in values):
             raise TrialFailed(

@@ -113,6 +113,9 @@ class StudyFile(BaseModel):
     pruner: PrunerSpec = PrunerSpec()
     n_trials: int | None = Field(default=None, ge=1)  # the study's total
     timeout: float | None = Field(default=None, gt=0)  # seconds per invocation
+    evaluate_test: bool = (
+        False  # also evaluate each completed trial on the test set (never selects)
+    )
     data: DataSpec = DataSpec()
     fixed: dict[str, Any] = Field(default_factory=dict)
     space: dict[str, Factor] = Field(default_factory=dict)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import keras
+import numpy as np
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -146,6 +147,38 @@ class TrialRun:
 
         self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
+    def log_metrics(self, metrics: Mapping[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            self.run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()]
+        )
+
+    def log_artifacts(self, folder: Path) -> None:
+        self.client.log_artifacts(self.run_id, str(folder))
+
+    def register_model(
+        self, model: keras.Model, name: str, tags: Mapping[str, str], example: np.ndarray
+    ) -> str:
+        """Log ``model`` as this run's MLflow model, register it as ``name``; the new version."""
+        import mlflow
+        from mlflow.models import infer_signature
+
+        signature = infer_signature(example, model.predict(example, verbose=0))
+        with mlflow.start_run(run_id=self.run_id):
+            info = mlflow.keras.log_model(
+                model,
+                name="model",
+                registered_model_name=name,
+                signature=signature,
+                pip_requirements=[f"keras=={keras.__version__}"],
+            )
+        version = str(info.registered_model_version)
+        for key, value in tags.items():
+            self.client.set_model_version_tag(name, version, key, str(value))
+        return version
+
     def epoch_logger(self) -> EpochLogger:
         return EpochLogger(self.client, self.run_id)
 
@@ -159,6 +192,38 @@ class TrialRun:
         with tempfile.TemporaryDirectory(prefix="hpsearch-") as tmp:
             for path in _write_artifacts(Path(tmp), result, config, splits):
                 self.client.log_artifact(self.run_id, str(path))
+
+
+def download_artifact(run_id: str, path: str, destination: Path) -> Path:
+    """Copy one artifact of a run to ``destination`` (a file path)."""
+    import shutil
+
+    from mlflow import MlflowClient
+
+    with tempfile.TemporaryDirectory(prefix="hpsearch-download-") as tmp:
+        local = MlflowClient().download_artifacts(run_id, path, tmp)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(local, destination)
+    return destination
+
+
+def log_folder(run_id: str, folder: Path, artifact_path: str) -> None:
+    from mlflow import MlflowClient
+
+    MlflowClient().log_artifacts(run_id, str(folder), artifact_path)
+
+
+def run_metrics(run_id: str) -> dict[str, float]:
+    from mlflow import MlflowClient
+
+    return dict(MlflowClient().get_run(run_id).data.metrics)
+
+
+def metric_history(run_id: str, name: str) -> list[float]:
+    from mlflow import MlflowClient
+
+    history = MlflowClient().get_metric_history(run_id, name)
+    return [m.value for m in sorted(history, key=lambda m: m.step)]
 
 
 class StudyRun:
@@ -225,13 +290,14 @@ def link_project_run(study_run_id: str) -> None:
 def _write_artifacts(
     folder: Path, result: TrialResult, config: TrialConfig, splits: Splits
 ) -> list[Path]:
+    from hpsearch.builder import inference_model
     from hpsearch.plots import save_confusion_matrix, save_training_curves
 
     summary = io.StringIO()
     result.model.summary(print_fn=lambda line, **_: summary.write(line + "\n"))
     (folder / "model_summary.txt").write_text(summary.getvalue())
     (folder / "config.yaml").write_text(config.to_yaml())
-    result.model.save(folder / "model.keras")
+    inference_model(result.model, config).save(folder / "model.keras")
     return [
         save_training_curves(result.history, folder / "training_curves.png"),
         save_confusion_matrix(

@@ -1,0 +1,218 @@
+"""Error analysis of a final model on the test set.
+
+Per-class accuracy, the most confused class pairs, a gallery of misclassified
+images and Grad-CAM class activation maps. Uses only numpy, scikit-learn,
+matplotlib and ``keras``/``keras.ops`` (no TensorFlow API, no backend-specific
+gradients), so it runs on the JAX backend too.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import keras  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.metrics import confusion_matrix  # noqa: E402
+
+
+def per_class_accuracy(
+    y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequence[str]
+) -> dict[str, float]:
+    """Recall per class: the fraction of each true class predicted right.
+
+    Every class name is a key; a class absent from ``y_true`` maps to ``nan``.
+    """
+    y_true, y_pred = np.asarray(y_true).ravel(), np.asarray(y_pred).ravel()
+    result: dict[str, float] = {}
+    for index, name in enumerate(class_names):
+        mask = y_true == index
+        result[name] = float(np.mean(y_pred[mask] == index)) if mask.any() else float("nan")
+    return result
+
+
+def confused_pairs(
+    y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequence[str], top: int = 5
+) -> list[tuple[str, str, int]]:
+    """The ``top`` most frequent confusions as ``(true, predicted, count)``, largest first.
+
+    Off-diagonal cells of the confusion matrix with a count above zero only;
+    ties keep the row-major (true, predicted) order.
+    """
+    n = len(class_names)
+    matrix = confusion_matrix(np.ravel(y_true), np.ravel(y_pred), labels=list(range(n)))
+    np.fill_diagonal(matrix, 0)
+    pairs = [(int(matrix[t, p]), t, p) for t in range(n) for p in range(n) if matrix[t, p] > 0]
+    pairs.sort(key=lambda item: -item[0])  # stable: ties stay row-major
+    return [(class_names[t], class_names[p], count) for count, t, p in pairs[: max(top, 0)]]
+
+
+def _show(ax, image: np.ndarray) -> None:
+    """Draw one raw image (H, W, C) with C in {1, 3}, or (H, W); grayscale in gray."""
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    if image.ndim == 2:
+        top = 255 if image.dtype == np.uint8 else max(float(image.max()), 1.0)
+        ax.imshow(image, cmap="gray", vmin=0, vmax=top)
+    else:
+        ax.imshow(image)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def save_misclassified_gallery(
+    images: np.ndarray,
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    probabilities: np.ndarray,
+    class_names: Sequence[str],
+    path: Path,
+    limit: int = 25,
+) -> Path:
+    """A grid of up to ``limit`` misclassified images, titled ``true -> pred (p=0.87)``.
+
+    ``p`` is the model's probability for the (wrong) predicted class. With no
+    misclassified image the figure says so.
+    """
+    y_true, y_pred = np.asarray(y_true).ravel(), np.asarray(y_pred).ravel()
+    wrong = np.flatnonzero(y_true != y_pred)[: max(limit, 0)]
+    if wrong.size == 0:
+        fig, ax = plt.subplots(figsize=(4, 2))
+        ax.text(0.5, 0.5, "No misclassified images", ha="center", va="center", fontsize=12)
+        ax.set_axis_off()
+        return _save(fig, path)
+    cols = math.ceil(math.sqrt(wrong.size))
+    rows = math.ceil(wrong.size / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.4 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    for ax, i in zip(axes.ravel(), wrong, strict=False):
+        ax.set_axis_on()
+        _show(ax, images[i])
+        p = float(probabilities[i, y_pred[i]])
+        ax.set_title(
+            f"{class_names[y_true[i]]} -> {class_names[y_pred[i]]} (p={p:.2f})", fontsize=8
+        )
+    return _save(fig, path)
+
+
+def _linear_head(model: keras.Model) -> tuple[keras.layers.Layer, keras.layers.Dense]:
+    """The last MaxPooling2D and the output Dense, checking the head between them is linear."""
+    pools = [
+        i for i, layer in enumerate(model.layers) if isinstance(layer, keras.layers.MaxPooling2D)
+    ]
+    if not pools:
+        raise ValueError(f"Grad-CAM needs a MaxPooling2D layer; model {model.name!r} has none")
+    pool = model.layers[pools[-1]]
+    if getattr(pool, "data_format", "channels_last") != "channels_last":
+        raise ValueError(f"Grad-CAM needs channels_last pooling; {pool.name!r} is channels_first")
+    dense = model.layers[-1]
+    between = model.layers[pools[-1] + 1 : -1]
+    if (
+        not isinstance(dense, keras.layers.Dense)
+        or not between
+        or not isinstance(between[-1], keras.layers.Flatten)
+        or not all(isinstance(layer, keras.layers.Dropout) for layer in between[:-1])
+    ):
+        kinds = " -> ".join(type(layer).__name__ for layer in model.layers[pools[-1] :])
+        raise ValueError(
+            "Grad-CAM needs the model's last layer to be a Dense fed through a Flatten "
+            f"(only Dropout allowed after the last MaxPooling2D); got {kinds}"
+        )
+    return pool, dense
+
+
+def grad_cam_maps(
+    model: keras.Model, images: np.ndarray, class_indices: np.ndarray | None = None
+) -> np.ndarray:
+    """Grad-CAM maps (N, h, w) in [0, 1] at the resolution of the last MaxPooling2D.
+
+    The head after the last pooling is linear up to the softmax (Dropout is the
+    identity at inference, then Flatten -> Dense), so the pre-softmax logit of
+    class k is ``z_k = sum A[h, w, c] * W[h, w, c, k] + b_k`` and its gradient
+    with respect to the pooled features ``A`` is exactly ``W[..., k]``. The
+    gradient is therefore computed in closed form, with no backend autodiff:
+    ``alpha_c = mean_{h,w} W[h, w, c, k]`` and ``cam = relu(sum_c alpha_c A[..., c])``,
+    each map divided by its maximum (an all-zero map stays zero).
+
+    ``class_indices`` defaults to the model's predicted class for each image.
+    """
+    pool, dense = _linear_head(model)
+    features = keras.Model(model.inputs, [pool.output, model.outputs[0]])
+    pooled, probabilities = features.predict(np.asarray(images), verbose=0)
+    pooled = np.asarray(pooled, dtype=np.float64)  # (N, h, w, c)
+    n, h, w, c = pooled.shape
+    kernel = np.asarray(keras.ops.convert_to_numpy(dense.kernel), dtype=np.float64)
+    kernel = kernel.reshape(h, w, c, -1)  # Flatten is row-major over (h, w, c)
+    if class_indices is None:
+        class_indices = np.argmax(probabilities, axis=-1)
+    class_indices = np.broadcast_to(np.asarray(class_indices, dtype=int), (n,))
+    if np.any((class_indices < 0) | (class_indices >= kernel.shape[-1])):
+        raise ValueError(f"class_indices must lie in [0, {kernel.shape[-1]})")
+    alphas = kernel.mean(axis=(0, 1))[:, class_indices].T  # (N, c)
+    cams = np.maximum(np.einsum("nhwc,nc->nhw", pooled, alphas), 0.0)
+    peaks = cams.max(axis=(1, 2), keepdims=True)
+    cams = np.divide(cams, peaks, out=np.zeros_like(cams), where=peaks > 0)
+    return cams.astype(np.float32)
+
+
+def grad_cam(
+    model: keras.Model, images: np.ndarray, class_indices: np.ndarray | None = None
+) -> np.ndarray:
+    """Grad-CAM class activation maps (N, H, W) in [0, 1] at input resolution.
+
+    Computes :func:`grad_cam_maps` (gradient in closed form, since the head
+    after the last MaxPooling2D is linear up to the softmax) and upsamples them
+    bilinearly to the images' height and width with ``keras.ops.image.resize``.
+    """
+    images = np.asarray(images)
+    cams = grad_cam_maps(model, images, class_indices)
+    resized = keras.ops.image.resize(
+        cams[..., None],
+        images.shape[1:3],
+        interpolation="bilinear",
+        antialias=False,
+        data_format="channels_last",
+    )
+    return np.clip(keras.ops.convert_to_numpy(resized)[..., 0], 0.0, 1.0).astype(np.float32)
+
+
+def save_grad_cam(
+    images: np.ndarray,
+    heatmaps: np.ndarray,
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    class_names: Sequence[str],
+    path: Path,
+) -> Path:
+    """One row per image: the image, and the heatmap overlaid on it (jet, alpha 0.5)."""
+    y_true, y_pred = np.asarray(y_true).ravel(), np.asarray(y_pred).ravel()
+    n = len(images)
+    if n == 0:
+        fig, ax = plt.subplots(figsize=(4, 2))
+        ax.text(0.5, 0.5, "No images", ha="center", va="center", fontsize=12)
+        ax.set_axis_off()
+        return _save(fig, path)
+    fig, axes = plt.subplots(n, 2, figsize=(5, 2.5 * n), squeeze=False)
+    for i, (left, right) in enumerate(axes):
+        title = f"true {class_names[y_true[i]]}, pred {class_names[y_pred[i]]}"
+        _show(left, images[i])
+        left.set_title(title, fontsize=8)
+        _show(right, images[i])
+        right.imshow(heatmaps[i], cmap="jet", alpha=0.5, vmin=0.0, vmax=1.0)
+        right.set_title(f"Grad-CAM: {title}", fontsize=8)
+    return _save(fig, path)
