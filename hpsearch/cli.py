@@ -453,7 +453,8 @@ def combine(
         from hpsearch.study import load_study as load_study_file
 
         base = parse_overrides(overrides)
-        specs = [load_study_file(path) for path in study_files]
+        # `mlflow run -P studies="a.yaml b.yaml"` passes one space-separated argument
+        specs = [load_study_file(path) for arg in study_files for path in arg.split()]
         from hpsearch.chooser import combine as merge
         from hpsearch.chooser import finalize, selection_epochs, study_bests
 
