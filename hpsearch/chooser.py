@@ -23,8 +23,8 @@ from optuna.trial import TrialState
 import hpsearch
 from hpsearch.config import DataSpec, TrialConfig, make_config, make_data_spec
 from hpsearch.errors import HpsearchError
+from hpsearch.redact import hide_password
 from hpsearch.study import StudyFile
-from hpsearch.tracking import hide_password
 
 
 @dataclass

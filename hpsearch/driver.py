@@ -8,7 +8,13 @@ Failed trials are recorded with their reason and the study goes on.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
 import tempfile
+import threading
+import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +27,7 @@ from optuna.trial import TrialState
 from hpsearch.config import make_config
 from hpsearch.errors import HpsearchError, failure_reason
 from hpsearch.progress import StudyProgress
+from hpsearch.redact import hide_password, redact_logs
 from hpsearch.samplers import make_pruner, make_sampler
 from hpsearch.space import grid_size, suggest
 from hpsearch.study import EPOCH_METRIC, StudyFile
@@ -28,11 +35,16 @@ from hpsearch.summary import completed, write_summary
 from hpsearch.tracking import (
     StudyRun,
     TrialRun,
-    hide_password,
+    close_lost_run,
+    close_unclosed_runs,
     link_project_run,
+    wait_for_tracking,
     where_to_look,
 )
 from hpsearch.trial import load_splits, tracked_trial
+
+# Heartbeats and stale-trial retries are marked experimental in Optuna; they are what we use.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 PARENT_ATTR = "mlflow_parent_run_id"
 TrialCallbacks = Callable[[optuna.Trial], Sequence[keras.callbacks.Callback]]
@@ -68,27 +80,94 @@ def trial_seed(study_seed: int, number: int) -> int:
 
 def trials_to_run(study: optuna.Study, spec: StudyFile, n_trials: int | None) -> int | None:
     """What is left of the study's total (grid: its size); failed trials do not count."""
-    total = n_trials or spec.n_trials
-    if spec.sampler.type == "grid":
-        total = min(total or grid_size(spec), grid_size(spec))
+    total = study_total(spec, n_trials)
     if total is None:
         return None
     done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
     return max(0, total - done)
 
 
-def open_study(spec: StudyFile, storage: str) -> optuna.Study:
+@dataclass
+class WorkerOptions:
+    """How a process takes part in a (possibly shared) study."""
+
+    heartbeat: int = 30  # seconds between a running trial's heartbeats; 0: off
+    grace: int | None = None  # a trial without heartbeat this long is failed (default 4x)
+    max_retry: int = 2  # a trial failed by a lost worker is retried this often
+    max_trials: int | None = None  # at most this many trials in this process
+    tracking_wait: float = 300.0  # seconds to wait for an unreachable tracking server
+    max_failures_in_a_row: int = 5  # then stop: something is wrong with every trial
+
+
+def make_storage(url: str, options: WorkerOptions) -> optuna.storages.BaseStorage:
+    """Optuna's RDB storage, with heartbeats and retries of trials whose worker died."""
+    from hpsearch.connections import check_storage
+
+    check_storage(url)
+    kwargs: dict = {}
+    if options.heartbeat > 0:
+        kwargs = {
+            "heartbeat_interval": options.heartbeat,
+            "grace_period": options.grace or 4 * options.heartbeat,
+            "heartbeat_stale_trial_callback": StaleTrialHandler(options.max_retry),
+        }
     try:
-        return optuna.create_study(
-            study_name=spec.name,
-            storage=storage,
-            sampler=make_sampler(spec),
-            pruner=make_pruner(spec),
-            direction=spec.objective.direction,
-            load_if_exists=True,
+        return optuna.storages.RDBStorage(url, **kwargs)
+    except Exception as error:  # bad URL, unreachable database, missing driver
+        message = str(error).splitlines()[0]
+        raise HpsearchError(f"storage {hide_password(url)}: {hide_password(message)}") from None
+
+
+class StaleTrialHandler:
+    """Closes the MLflow run of a trial whose worker died, then has Optuna retry it."""
+
+    def __init__(self, max_retry: int) -> None:
+        from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+        self.retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if run_id:
+            close_lost_run(run_id)
+        self.retry(study, trial)
+
+
+def open_study(spec: StudyFile, storage: optuna.storages.BaseStorage) -> tuple[optuna.Study, bool]:
+    """Create the study, or load it when it exists; True when this process created it."""
+    settings = {"sampler": make_sampler(spec), "pruner": make_pruner(spec)}
+    try:
+        study = optuna.create_study(
+            study_name=spec.name, storage=storage, direction=spec.objective.direction, **settings
         )
-    except (ValueError, ImportError, optuna.exceptions.OptunaError) as error:
-        raise HpsearchError(f"storage {hide_password(storage)}: {error}") from None
+        return study, True
+    except optuna.exceptions.DuplicatedStudyError:
+        return optuna.load_study(study_name=spec.name, storage=storage, **settings), False
+
+
+def find_parent(study: optuna.Study, spec: StudyFile, storage_url: str, created: bool) -> StudyRun:
+    """The study's MLflow parent run: made by the process that created the study."""
+    run_id = study.user_attrs.get(PARENT_ATTR)
+    waited = 0.0
+    while run_id is None and not created and waited < 30:  # its creator is making it now
+        time.sleep(1.0)
+        waited += 1.0
+        run_id = optuna.load_study(study_name=spec.name, storage=study._storage).user_attrs.get(
+            PARENT_ATTR
+        )
+    parent = StudyRun(
+        spec.name,
+        run_id,
+        tags={"optuna.study_name": spec.name, "hpsearch.storage": hide_password(storage_url)},
+        params=_study_params(spec),
+    )
+    if parent.run_id != run_id:
+        study.set_user_attr(PARENT_ATTR, parent.run_id)
+        study.set_user_attr("data", spec.data.model_dump())
+        study.set_user_attr("searched", list(spec.space))
+        study.set_user_attr("objective", spec.objective.metric)
+    link_project_run(parent.run_id)
+    return parent
 
 
 class _Objective:
@@ -99,9 +178,23 @@ class _Objective:
         self.parent, self.verbose, self.extra_callbacks = parent, verbose, extra_callbacks
 
     def __call__(self, trial: optuna.Trial) -> float:
+        self.last_failure: str | None = None
+        try:
+            return self._run(trial)
+        except optuna.TrialPruned:
+            raise
+        except BaseException as error:
+            self.last_failure = failure_reason(error)
+            trial.set_user_attr("fail_reason", self.last_failure)
+            raise
+        finally:
+            keras.backend.clear_session()
+
+    def _run(self, trial: optuna.Trial) -> float:
         values = suggest(trial, self.spec)
         values["seed"] = trial_seed(self.spec.sampler.seed, trial.number)
         trial.set_user_attr("seed", values["seed"])
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         tags = {
             "optuna.study_name": self.spec.name,
             "optuna.trial_number": str(trial.number),
@@ -109,15 +202,15 @@ class _Objective:
         }
         with TrialRun(self.spec.name, f"trial-{trial.number:03d}", tags, self.parent) as run:
             trial.set_user_attr("mlflow_run_id", run.run_id)
-            try:
-                config = make_config(values, f"trial {trial.number}")
-                trial.set_user_attr("config", config.model_dump(mode="json"))
-                callbacks = list(self.extra_callbacks(trial)) if self.extra_callbacks else []
-                if self.spec.pruner.type != "none":
-                    from optuna_integration import KerasPruningCallback
+            config = make_config(values, f"trial {trial.number}")
+            trial.set_user_attr("config", config.model_dump(mode="json"))
+            callbacks = list(self.extra_callbacks(trial)) if self.extra_callbacks else []
+            if self.spec.pruner.type != "none":
+                from optuna_integration import KerasPruningCallback
 
-                    monitor = EPOCH_METRIC[self.spec.objective.metric]
-                    callbacks.append(KerasPruningCallback(trial, monitor))
+                monitor = EPOCH_METRIC[self.spec.objective.metric]
+                callbacks.append(KerasPruningCallback(trial, monitor))
+            try:
                 result = tracked_trial(
                     config, self.spec.data, self.splits, run, self.fingerprint,
                     callbacks, evaluate_test=self.spec.evaluate_test, verbose=self.verbose,
@@ -125,11 +218,6 @@ class _Objective:
             except optuna.TrialPruned:
                 run.end("pruned")
                 raise
-            except BaseException as error:
-                trial.set_user_attr("fail_reason", failure_reason(error))
-                raise
-            finally:
-                keras.backend.clear_session()
         trial.set_user_attr("epochs_run", result.epochs_run)
         trial.set_user_attr("best_epoch", result.best_epoch)
         trial.set_user_attr("wall_time_s", result.wall_time_s)
@@ -144,48 +232,119 @@ def run_search(
     echo: Callable[[str], None] = print,
     verbose: int = 2,
     extra_callbacks: TrialCallbacks | None = None,
+    options: WorkerOptions | None = None,
 ) -> SearchOutcome:
-    """Run (or resume) the study until its trial total or the timeout is reached."""
+    """Run (or resume, or join) the study until its trial total or the timeout is reached.
+
+    Any number of processes may run this on the same storage: each takes trials
+    until the study's total is reached, and the last one to finish closes the
+    parent run.
+    """
+    options = options or WorkerOptions()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = open_study(spec, storage)
+    redact_logs("optuna", "mlflow")
+    study, created = open_study(spec, make_storage(storage, options))
     splits, fingerprint = load_splits(spec.data)
-    to_run = trials_to_run(study, spec, n_trials)
-    parent = StudyRun(
-        spec.name,
-        study.user_attrs.get(PARENT_ATTR),
-        tags={"optuna.study_name": spec.name, "hpsearch.storage": hide_password(storage)},
-        params=_study_params(spec),
-    )
-    study.set_user_attr(PARENT_ATTR, parent.run_id)
-    study.set_user_attr("data", spec.data.model_dump())
-    study.set_user_attr("searched", list(spec.space))
-    study.set_user_attr("objective", spec.objective.metric)
-    link_project_run(parent.run_id)
+    parent = find_parent(study, spec, storage, created)
+    total = study_total(spec, n_trials)
     echo(
-        f"[{spec.name}] {'resuming' if parent.resumed else 'starting'}: "
-        f"{to_run if to_run is not None else 'unlimited'} trials to run"
+        f"[{spec.name}] {'joining' if not created and parent.resumed else 'starting'}: "
+        f"{trials_to_run(study, spec, n_trials)} of {total or 'unlimited'} trials left"
         f"{f', timeout {timeout or spec.timeout:g}s' if (timeout or spec.timeout) else ''}; "
         f"{len(splits.x_train)} training images; storage {hide_password(storage)}"
     )
     objective = _Objective(spec, splits, fingerprint, parent.run_id, verbose, extra_callbacks)
     interrupted = False
-    status = "FINISHED"
     try:
-        if to_run != 0:
-            study.optimize(
-                objective,
-                n_trials=to_run,
-                timeout=timeout or spec.timeout,
-                catch=(Exception,),
-                callbacks=[StudyProgress(to_run, echo)],
-                gc_after_trial=True,
-            )
+        _run_trials(study, spec, objective, options, total, timeout or spec.timeout, echo)
     except KeyboardInterrupt:
-        interrupted, status = True, "KILLED"
+        interrupted = True
     finally:
-        _log_summary(study, parent)
-        parent.close(status)
+        finish_parent(study, parent, "KILLED" if interrupted else "FINISHED")
     return _outcome(study, parent, interrupted)
+
+
+def study_total(spec: StudyFile, n_trials: int | None) -> int | None:
+    """The study's total number of trials (grid: at most its size)."""
+    total = n_trials or spec.n_trials
+    if spec.sampler.type == "grid":
+        total = min(total or grid_size(spec), grid_size(spec))
+    return total
+
+
+def _run_trials(study, spec, objective, options, total, timeout, echo) -> None:
+    """One trial at a time while the study's total, this process's share and time allow."""
+    deadline = time.monotonic() + timeout if timeout else None
+    progress = StudyProgress(total, echo)
+    ran = failures_in_a_row = 0
+    with StaleTrialReaper(study, options.heartbeat):
+        while True:
+            optuna.storages.fail_stale_trials(study)
+            if total is not None and _taken(study) >= total:
+                break
+            if options.max_trials is not None and ran >= options.max_trials:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            close_unclosed_runs()
+            study.optimize(
+                objective, n_trials=1, catch=(Exception,), callbacks=[progress], gc_after_trial=True
+            )
+            ran += 1
+            if objective.last_failure == "tracking_unreachable":
+                wait_for_tracking(options.tracking_wait, echo)
+                continue
+            failures_in_a_row = failures_in_a_row + 1 if objective.last_failure else 0
+            if failures_in_a_row >= options.max_failures_in_a_row:
+                echo(
+                    f"[{spec.name}] stopping: {failures_in_a_row} trials in a row failed "
+                    f"(last: {objective.last_failure}); fix the cause and rerun to resume"
+                )
+                break
+            if getattr(study, "_stop_flag", False):  # GridSampler: grid exhausted
+                break
+
+
+def _taken(study: optuna.Study) -> int:
+    """Trials that count toward the total: completed, pruned, and running elsewhere."""
+    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
+def finish_parent(study: optuna.Study, parent: StudyRun, status: str) -> None:
+    """Write the summary; close the parent run unless other workers are still running."""
+    optuna.storages.fail_stale_trials(study)
+    _log_summary(study, parent)
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if status != "FINISHED" or not running:
+        parent.close(status)
+
+
+class StaleTrialReaper:
+    """Fails trials whose worker stopped sending heartbeats, every ``interval`` seconds.
+
+    Optuna checks for stale trials only when a worker starts a trial; this thread
+    makes a lost worker's trial FAIL (and be retried) within the grace period even
+    while every other worker is busy in a long trial.
+    """
+
+    def __init__(self, study: optuna.Study, interval: float) -> None:
+        self.study, self.interval = study, interval
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="stale-trials", daemon=True)
+
+    def _loop(self) -> None:
+        while not self.stop.wait(self.interval):
+            with contextlib.suppress(Exception):  # a transient storage error must not kill it
+                optuna.storages.fail_stale_trials(self.study)
+
+    def __enter__(self) -> StaleTrialReaper:
+        if self.interval > 0:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
 
 
 def _study_params(spec: StudyFile) -> dict[str, str]:

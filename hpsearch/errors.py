@@ -38,4 +38,15 @@ def failure_reason(error: BaseException) -> str:
         return "out_of_memory"
     if isinstance(error, ConfigError):
         return "invalid_config"
+    if any(sign in text for sign in _CONNECTION_SIGNS):
+        return "tracking_unreachable"
     return f"exception:{type(error).__name__}"
+
+
+_CONNECTION_SIGNS = (
+    "max retries exceeded",
+    "connection refused",
+    "failed to establish a new connection",
+    "connectionerror",
+    "remotedisconnected",
+)

@@ -8,9 +8,9 @@ ended it — no run is left RUNNING.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
+import re
 import tempfile
 import time
 from collections.abc import Mapping
@@ -19,6 +19,9 @@ from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
+
+from hpsearch.connections import tracking_reachable
+from hpsearch.redact import hide_password
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -52,10 +55,10 @@ def where_to_look(exp_id: str, run_id: str | None = None) -> str:
     """The MLflow UI page of a run or experiment, or the command that opens a local store."""
     import mlflow
 
-    uri = mlflow.get_tracking_uri()
+    uri = hide_password(mlflow.get_tracking_uri())
     page = f"#/experiments/{exp_id}/runs" + (f"/{run_id}" if run_id else "")
     if uri.startswith(("http://", "https://")):
-        return f"{uri.rstrip('/')}/{page}"
+        return f"{re.sub(r'//[^/@]+@', '//', uri).rstrip('/')}/{page}"  # no credentials in links
     return f"run `mlflow ui --backend-store-uri {uri}` and open http://127.0.0.1:5000/{page}"
 
 
@@ -125,17 +128,19 @@ class TrialRun:
     def end(
         self, outcome: str, reason: str | None = None, detail: str = "", status: str | None = None
     ) -> None:
-        """Tag the outcome (completed, pruned, failed) and close the run."""
+        """Tag the outcome (completed, pruned, failed) and close the run.
+
+        When the tracking server cannot be reached, the run is remembered and
+        closed by :func:`close_unclosed_runs` once it can.
+        """
         self.ended = True
-        with contextlib.suppress(Exception):  # closing must not mask the original error
-            tags = {OUTCOME_TAG: outcome}
-            if reason:
-                tags[REASON_TAG] = reason
-            if detail:
-                tags["hpsearch.failure_detail"] = detail[:4000]
-            self.set_tags(tags)
+        tags = {OUTCOME_TAG: outcome}
+        if reason:
+            tags[REASON_TAG] = reason
+        if detail:
+            tags["hpsearch.failure_detail"] = hide_password(detail[:4000])
         status = status or ("FAILED" if outcome == "failed" else "FINISHED")
-        self.client.set_terminated(self.run_id, status)
+        _close(self.client, self.run_id, status, tags)
 
     def log_params(self, params: Mapping[str, str]) -> None:
         from mlflow.entities import Param
@@ -192,6 +197,61 @@ class TrialRun:
         with tempfile.TemporaryDirectory(prefix="hpsearch-") as tmp:
             for path in _write_artifacts(Path(tmp), result, config, splits):
                 self.client.log_artifact(self.run_id, str(path))
+
+
+_UNCLOSED: dict[str, tuple[str, dict[str, str]]] = {}  # run id -> (status, tags)
+
+
+def _close(client: MlflowClient, run_id: str, status: str, tags: Mapping[str, str]) -> None:
+    from mlflow.entities import RunTag
+
+    try:
+        if tags:
+            client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        client.set_terminated(run_id, status)
+        _UNCLOSED.pop(run_id, None)
+    except Exception:  # noqa: BLE001 - the server is away: close it when it is back
+        _UNCLOSED[run_id] = (status, dict(tags))
+
+
+def close_unclosed_runs() -> int:
+    """Close the runs whose closing failed earlier; returns how many are still open."""
+    from mlflow import MlflowClient
+
+    if _UNCLOSED:
+        client = MlflowClient()
+        for run_id, (status, tags) in list(_UNCLOSED.items()):
+            _close(client, run_id, status, tags)
+    return len(_UNCLOSED)
+
+
+def close_lost_run(run_id: str) -> None:
+    """Close the run of a trial whose worker died (its heartbeat stopped)."""
+    from mlflow import MlflowClient
+
+    tags = {OUTCOME_TAG: "failed", REASON_TAG: "worker_lost"}
+    _close(MlflowClient(), run_id, "FAILED", tags)
+
+
+def wait_for_tracking(limit_s: float, echo) -> None:
+    """After a trial lost the tracking server: wait for it (bounded), then close open runs."""
+    import mlflow
+
+    from hpsearch.errors import HpsearchError
+
+    raw = mlflow.get_tracking_uri()
+    uri = hide_password(raw)
+    deadline = time.monotonic() + limit_s
+    if not tracking_reachable(raw):
+        echo(f"MLflow tracking server {uri} unreachable; waiting up to {limit_s:g}s for it")
+    while not tracking_reachable(raw):
+        if time.monotonic() >= deadline:
+            raise HpsearchError(
+                f"MLflow tracking server {uri} unreachable for {limit_s:g}s; stopping. "
+                "Everything recorded so far is kept: run the same command to resume."
+            )
+        time.sleep(2.0)
+    close_unclosed_runs()
 
 
 def download_artifact(run_id: str, path: str, destination: Path) -> Path:
@@ -275,7 +335,7 @@ class StudyRun:
         self.client.log_artifacts(self.run_id, str(folder))
 
     def close(self, status: str = "FINISHED") -> None:
-        self.client.set_terminated(self.run_id, status)
+        _close(self.client, self.run_id, status, {})
 
 
 def link_project_run(study_run_id: str) -> None:
@@ -311,14 +371,3 @@ def _write_artifacts(
         folder / "config.yaml",
         folder / "model.keras",
     ]
-
-
-def hide_password(url: str) -> str:
-    """``scheme://user:secret@host`` -> ``scheme://user:***@host``."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))

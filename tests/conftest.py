@@ -58,3 +58,50 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         process.wait(timeout=20)
     except subprocess.TimeoutExpired:
         process.kill()
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database on the server .ci/run starts (HPSEARCH_TEST_POSTGRES_URL)."""
+    import uuid
+
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    admin = os.environ.get("HPSEARCH_TEST_POSTGRES_URL")
+    if not admin:
+        pytest.skip("HPSEARCH_TEST_POSTGRES_URL is not set: .ci/run starts PostgreSQL and sets it")
+    name = f"hps_{uuid.uuid4().hex[:10]}"
+    url = make_url(admin)
+    connect = dict(host=url.host, port=url.port or 5432, user=url.username,
+                   password=url.password, dbname=url.database)  # fmt: skip
+    with psycopg.connect(**connect, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    yield url.set(database=name).render_as_string(hide_password=False)
+    with psycopg.connect(**connect, autocommit=True) as connection:
+        connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def own_mlflow_server(tmp_path: Path):
+    """An MLflow server this test may stop and restart: (url, start, stop)."""
+    port = free_port()
+    root = tmp_path / "own-mlflow"
+    state: dict[str, subprocess.Popen | None] = {"process": None}
+
+    def start() -> None:
+        state["process"] = start_mlflow_server(root, port)
+
+    def stop() -> None:
+        process = state["process"]
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        state["process"] = None
+
+    start()
+    yield f"http://127.0.0.1:{port}", start, stop
+    stop()

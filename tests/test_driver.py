@@ -99,9 +99,9 @@ def test_nan_and_raising_trials_fail_with_reason_and_the_study_goes_on(stores):
     assert [t.state for t in trials[:3]] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.FAIL]
     assert trials[1].user_attrs["fail_reason"] == "nan_loss"
     assert trials[2].user_attrs["fail_reason"] == "exception:RuntimeError"
-    # the study went on after the failures: trial 3 ran and completed
-    assert trials[3].state == TrialState.COMPLETE
-    assert outcome.counts == {"complete": 2, "pruned": 0, "failed": 2}
+    # the study went on after the failures, until its total of 4 completed trials
+    assert [t.state for t in trials[3:]] == [TrialState.COMPLETE] * 3
+    assert outcome.counts == {"complete": 4, "pruned": 0, "failed": 2}
     _, children = runs_of(client, "failing")
     by_trial = {int(c.data.tags["optuna.trial_number"]): c for c in children}
     assert by_trial[1].info.status == "FAILED"
@@ -110,6 +110,16 @@ def test_nan_and_raising_trials_fail_with_reason_and_the_study_goes_on(stores):
     assert "simulated crash" in by_trial[2].data.tags["hpsearch.failure_detail"]
     assert by_trial[0].info.status == "FINISHED"
     assert all(c.info.status != "RUNNING" for c in children)
+
+
+def test_a_study_whose_every_trial_fails_stops_instead_of_looping(stores):
+    storage, _ = stores
+    spec = parse_study(tiny_study("doomed", sampler={"type": "random"}, n_trials=20), "d.yaml")
+    lines = []
+    outcome = run_search(spec, storage, echo=lines.append, verbose=0,
+                         extra_callbacks=lambda trial: [Explode()])  # fmt: skip
+    assert outcome.counts == {"complete": 0, "pruned": 0, "failed": 5}
+    assert "5 trials in a row failed" in lines[-1]
 
 
 def test_pruned_study_prunes_and_saves_epochs(stores):

@@ -1,0 +1,230 @@
+"""``hpsearch best``, ``combine`` and ``report``: the chooser's commands."""
+
+from __future__ import annotations
+
+import click
+
+from hpsearch.cli.common import fail, storage_for, storage_option, tracking_option
+from hpsearch.errors import HpsearchError
+
+
+@click.command()
+@click.option("--study", "study_name", required=True, help="Name of the Optuna study.")
+@storage_option
+@tracking_option
+@click.option(
+    "--export",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the best trial's model (or, with --retrain, the retrained one) here.",
+)
+@click.option(
+    "--retrain",
+    is_flag=True,
+    help="Retrain on training + validation data for the trial's best epoch count, "
+    "then evaluate once on the test set (logged as a 'final' run).",
+)
+@click.option(
+    "--experiment",
+    default="final",
+    show_default=True,
+    help="MLflow experiment of the retrained run.",
+)
+@click.option(
+    "--model-name",
+    default=None,
+    help="Register the retrained model under this name in the MLflow registry.",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No per-epoch progress.")
+def best(
+    study_name: str,
+    storage: str | None,
+    tracking_uri: str | None,
+    export: str | None,
+    retrain: bool,
+    experiment: str,
+    model_name: str | None,
+    quiet: bool,
+) -> None:
+    """Show the best trial of a study; export or retrain its model."""
+    from pathlib import Path
+
+    try:
+        from hpsearch.chooser import Combination, best_trial, finalize, load_study
+
+        winner = best_trial(load_study(study_name, storage_for(storage, tracking_uri)))
+        click.echo(
+            f"study {winner.study}: best trial {winner.number}, "
+            f"value {winner.value:.4f}, MLflow run {winner.run_id}"
+        )
+        click.echo(winner.config.to_yaml().rstrip())
+        if retrain:
+            combination = Combination(winner.config, winner.data, {}, [winner])
+            epochs = winner.best_epoch or winner.config.epochs
+            outcome = finalize(
+                combination,
+                epochs,
+                experiment,
+                model_name,
+                Path(export) if export else None,
+                echo=click.echo,
+                verbose=0 if quiet else 2,
+            )
+            _say_final(outcome)
+        elif export:
+            from hpsearch.tracking import download_artifact
+
+            if not winner.run_id:
+                raise HpsearchError(f"trial {winner.number} has no MLflow run to export from")
+            download_artifact(winner.run_id, "model.keras", Path(export))
+            click.echo(f"exported trial {winner.number}'s model to {export}")
+    except HpsearchError as error:
+        fail(error)
+
+
+def _say_final(outcome) -> None:
+    click.echo(
+        f"test accuracy {outcome.test_accuracy:.4f}, test loss {outcome.test_loss:.4f} "
+        f"after {outcome.epochs} epochs; MLflow run {outcome.run_id}"
+    )
+    if outcome.model_version:
+        click.echo(f"registered model version {outcome.model_version}")
+    if outcome.export:
+        click.echo(f"exported to {outcome.export} (keras.saving.load_model takes raw images)")
+
+
+@click.command()
+@click.argument("study_files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@storage_option
+@tracking_option
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Base config key (beats every study's winner), e.g. --set epochs=50.",
+)
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Epochs of the final fit (0: the best trial's best epoch for one study, "
+    "else found by early stopping on the validation split).",
+)
+@click.option("--data-dir", default=None, help="Override the studies' data directory/archive.")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Override the studies' samples per split (0: theirs).",
+)
+@click.option(
+    "--export",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the final model here (.keras).",
+)
+@click.option(
+    "--experiment", default="final", show_default=True, help="MLflow experiment of the final run."
+)
+@click.option(
+    "--model-name",
+    default="hpsearch-final",
+    show_default=True,
+    help="Registered model name in the MLflow model registry ('' to skip).",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No per-epoch progress.")
+def combine(
+    study_files: tuple[str, ...],
+    storage: str | None,
+    tracking_uri: str | None,
+    overrides: tuple[str, ...],
+    epochs: int,
+    data_dir: str | None,
+    limit: int,
+    export: str | None,
+    experiment: str,
+    model_name: str,
+    quiet: bool,
+) -> None:
+    """Assemble the combined final model from studies, retrain, test, register, export."""
+    from pathlib import Path
+
+    try:
+        from hpsearch.config import parse_overrides
+        from hpsearch.study import load_study as load_study_file
+
+        base = parse_overrides(overrides)
+        # `mlflow run -P studies="a.yaml b.yaml"` passes one space-separated argument
+        specs = [load_study_file(path) for arg in study_files for path in arg.split()]
+        from hpsearch.chooser import combine as merge
+        from hpsearch.chooser import finalize, selection_epochs, study_bests
+
+        bests = study_bests(specs, storage_for(storage, tracking_uri))
+        combination = merge(bests, base)
+        data = {k: v for k, v in (("data_dir", data_dir), ("limit", limit or None)) if v}
+        if data:
+            combination.data = combination.data.model_copy(update=data)
+        for key, source in combination.sources.items():
+            value = combination.config.to_params()[key]
+            click.echo(f"  {key} = {value}  (from {source})")
+        verbose = 0 if quiet else 2
+        final_epochs = (
+            epochs
+            or combination.epochs
+            or selection_epochs(combination, experiment, click.echo, verbose)
+        )
+        outcome = finalize(
+            combination,
+            final_epochs,
+            experiment,
+            model_name or None,
+            Path(export) if export else None,
+            echo=click.echo,
+            verbose=verbose,
+        )
+    except HpsearchError as error:
+        fail(error)
+    _say_final(outcome)
+
+
+@click.command()
+@click.argument("studies", nargs=-1, required=True)
+@storage_option
+@tracking_option
+@click.option(
+    "--output",
+    type=click.Path(file_okay=False),
+    default="reports",
+    show_default=True,
+    help="Folder for the reports (one subfolder per study).",
+)
+def report(
+    studies: tuple[str, ...], storage: str | None, tracking_uri: str | None, output: str
+) -> None:
+    """Write each study's reproduction table and figures; log them on its parent run.
+
+    STUDIES are study files (studies/dropout.yaml) or study names (dropout).
+    """
+    from pathlib import Path
+
+    try:
+        from hpsearch.chooser import load_study
+        from hpsearch.study import load_study as load_study_file
+
+        names = [load_study_file(s).name if s.endswith((".yaml", ".yml")) else s for s in studies]
+        url = storage_for(storage, tracking_uri)
+        loaded = [load_study(name, url) for name in names]
+        from hpsearch.report import write_report
+        from hpsearch.tracking import log_folder
+
+        for study in loaded:
+            path, rows = write_report(study, Path(output) / study.study_name)
+            parent = study.user_attrs.get("mlflow_parent_run_id")
+            if parent:
+                log_folder(parent, path.parent, "report")
+            click.echo(
+                f"{path}: {len(rows)} trials" + (" (logged on the parent run)" if parent else "")
+            )
+    except HpsearchError as error:
+        fail(error)

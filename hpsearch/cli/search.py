@@ -1,0 +1,189 @@
+"""``hpsearch validate``, ``search``, ``worker`` and ``server``: running studies."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from hpsearch.cli.common import (
+    fail,
+    stop_on_sigterm,
+    storage_for,
+    storage_option,
+    tracking_option,
+)
+from hpsearch.errors import HpsearchError
+
+
+def study_options(function):
+    """Options shared by ``search`` and ``worker``."""
+    options = [
+        click.argument("study_file", type=click.Path(dir_okay=False)),
+        click.option("--n-trials", type=click.IntRange(min=0), default=0,
+                      help="The study's total number of trials (0: the study file's). "
+                           "Completed and pruned trials count; a rerun resumes."),
+        click.option("--timeout", type=click.FloatRange(min=0), default=0,
+                     help="Stop starting trials after S seconds (0: the study file's, if any)."),
+        storage_option,
+        tracking_option,
+        click.option("--data-dir", default=None, help="Override the study's data directory."),
+        click.option("--limit", type=click.IntRange(min=0), default=0,
+                     help="Override the study's samples per split (0: the file's)."),
+        click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                     help="Fix a trial-config key for every trial (repeatable)."),
+        click.option("--heartbeat", type=click.IntRange(min=0), default=30, show_default=True,
+                     help="Seconds between heartbeats of a running trial (0: off)."),
+        click.option("--grace", type=click.IntRange(min=1), default=None,
+                     help="A trial silent this long is failed and retried [4 x heartbeat]."),
+        click.option("--max-retry", type=click.IntRange(min=0), default=2, show_default=True,
+                     help="Retries of a trial whose worker was lost."),
+        click.option("-q", "--quiet", is_flag=True,
+                     help="One line per trial, no per-epoch progress."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def _load(study_file, overrides, data_dir, limit):
+    from hpsearch.config import parse_overrides
+    from hpsearch.study import load_study
+
+    data = {"data_dir": data_dir} if data_dir else {}
+    if limit:
+        data["limit"] = limit
+    return load_study(study_file, parse_overrides(overrides), data)
+
+
+def _run(study_file, n_trials, timeout, storage, tracking_uri, data_dir, limit, overrides,
+         heartbeat, grace, max_retry, quiet, max_trials=None) -> None:  # fmt: skip
+    stop_on_sigterm()
+    try:
+        spec = _load(study_file, overrides, data_dir, limit)
+        url = storage_for(storage, tracking_uri)
+        from hpsearch.driver import WorkerOptions, describe, run_search
+
+        options = WorkerOptions(heartbeat, grace, max_retry, max_trials)
+        outcome = run_search(spec, url, n_trials or None, timeout or None, echo=click.echo,
+                             verbose=0 if quiet else 2, options=options)  # fmt: skip
+    except HpsearchError as error:
+        fail(error)
+    click.echo(describe(outcome))
+    if outcome.interrupted:
+        sys.exit(130)
+
+
+@click.command()
+@study_options
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Run the study in N local worker processes.")  # fmt: skip
+def search(study_file, n_trials, timeout, storage, tracking_uri, data_dir, limit, overrides,
+           heartbeat, grace, max_retry, quiet, workers) -> None:  # fmt: skip
+    """Run or resume the Optuna study a study file describes, tracked in MLflow."""
+    if workers == 1:
+        _run(study_file, n_trials, timeout, storage, tracking_uri, data_dir, limit, overrides,
+             heartbeat, grace, max_retry, quiet)  # fmt: skip
+        return
+    stop_on_sigterm()
+    try:
+        spec = _load(study_file, overrides, data_dir, limit)
+        url = storage_for(storage, tracking_uri)
+        from hpsearch.workers import launch_workers
+
+        passed = [study_file, "--heartbeat", str(heartbeat), "--max-retry", str(max_retry)]
+        passed += ["--n-trials", str(n_trials)] if n_trials else []
+        passed += ["--timeout", str(timeout)] if timeout else []
+        passed += ["--grace", str(grace)] if grace else []
+        passed += ["--data-dir", data_dir] if data_dir else []
+        passed += ["--limit", str(limit)] if limit else []
+        passed += [arg for item in overrides for arg in ("--set", item)]
+        passed += ["--quiet"] if quiet else []
+        code = launch_workers(spec, url, workers, n_trials or None, passed, click.echo)
+    except HpsearchError as error:
+        fail(error)
+    sys.exit(code)
+
+
+@click.command()
+@study_options
+@click.option("--max-trials", type=click.IntRange(min=1), default=None,
+              help="Run at most N trials in this process.")  # fmt: skip
+@click.option("--gpu", type=click.IntRange(min=0), default=None,
+              help="Pin this worker to one GPU (CUDA device index); memory is claimed as "
+                   "needed, so several workers can share a GPU.")  # fmt: skip
+def worker(study_file, n_trials, timeout, storage, tracking_uri, data_dir, limit, overrides,
+           heartbeat, grace, max_retry, quiet, max_trials, gpu) -> None:  # fmt: skip
+    """Join a shared study as one worker (any machine, same storage and tracking server)."""
+    from hpsearch.workers import configure_gpu
+
+    configure_gpu(gpu)
+    _run(study_file, n_trials, timeout, storage, tracking_uri, data_dir, limit, overrides,
+         heartbeat, grace, max_retry, quiet, max_trials)  # fmt: skip
+
+
+@click.command()
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to bind; anything but loopback exposes the server.",
+)
+@click.option("--port", type=click.IntRange(1, 65535), default=5000, show_default=True)
+@click.option(
+    "--backend-store-uri",
+    default="sqlite:///mlflow.db",
+    show_default=True,
+    help="Where runs are stored: SQLite, or postgresql://user:password@host/db.",
+)
+@click.option(
+    "--artifacts-destination",
+    default="./mlartifacts",
+    show_default=True,
+    help="Artifact root the server stores and serves artifacts from.",
+)
+@click.option("--auth", is_flag=True, help="Turn on MLflow's basic-auth app (users, passwords).")
+@click.option("--allowed-hosts", default=None,
+              help="Host names clients may use to reach it (MLflow's --allowed-hosts), "
+                   "e.g. 'mlflow,mlflow:5000' when bound beyond loopback.")  # fmt: skip
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Server worker processes.")  # fmt: skip
+def server(host, port, backend_store_uri, artifacts_destination, auth, allowed_hosts,
+           workers) -> None:  # fmt: skip
+    """Start an MLflow tracking server with safe local defaults."""
+    from hpsearch.workers import server_command
+
+    try:
+        command = server_command(host, port, backend_store_uri, artifacts_destination, auth,
+                                 workers, click.echo)  # fmt: skip
+        if allowed_hosts:
+            command += ["--allowed-hosts", allowed_hosts]
+    except HpsearchError as error:
+        fail(error)
+    import os
+
+    os.execvp(command[0], command)
+
+
+@click.command()
+@click.argument("study_files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+def validate(study_files: tuple[str, ...]) -> None:
+    """Check study files without running them."""
+    from hpsearch.space import grid_size
+    from hpsearch.study import load_study
+
+    failed = False
+    for path in study_files:
+        try:
+            study = load_study(path)
+        except HpsearchError as error:
+            click.echo(f"Error: {error}", err=True)
+            failed = True
+            continue
+        size = f", grid of {grid_size(study)}" if study.sampler.type == "grid" else ""
+        click.echo(
+            f"{path}: ok (study {study.name}, {study.sampler.type} sampler{size}, "
+            f"pruner {study.pruner.type}, {len(study.space)} searched factors)"
+        )
+    if failed:
+        sys.exit(2)
