@@ -227,3 +227,34 @@ def test_bad_input_gives_a_clear_message_a_non_zero_exit_and_writes_nothing(
     assert "Traceback" not in done.stderr
     assert "pw-secret-1" not in done.stdout + done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_server_command_starts_a_tracking_server_on_loopback(tmp_path):
+    import urllib.request
+
+    from conftest import free_port
+
+    port = free_port()
+    server = subprocess.Popen(
+        cli("server", "--port", str(port), "--backend-store-uri", f"sqlite:///{tmp_path}/m.db",
+            "--artifacts-destination", str(tmp_path / "artifacts")),
+        cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as reply:
+                    assert reply.status == 200
+                    break
+            except OSError:
+                assert server.poll() is None, server.stdout.read()
+                time.sleep(0.5)
+        else:
+            pytest.fail("hpsearch server did not answer /health")
+        client = MlflowClient(tracking_uri=f"http://127.0.0.1:{port}")
+        assert client.create_experiment("probe")
+    finally:
+        server.terminate()
+        output = server.communicate(timeout=30)[0]
+    assert f"MLflow tracking server on http://127.0.0.1:{port}" in output
