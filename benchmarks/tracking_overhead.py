@@ -1,0 +1,105 @@
+"""Tracking overhead: one trial through hpsearch (Optuna + MLflow) vs a bare `model.fit`.
+
+Same model, data, seed and epochs; runs interleaved A/B/A/B, each in a fresh process
+whose timer starts after imports and data loading, and reports the ratio of wall times.
+Target (issue 6): at most 1.02.
+
+    python benchmarks/tracking_overhead.py --limit 5000 --epochs 3 --repeats 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import DEFAULT_DATA, record, table  # noqa: E402
+
+CONFIG = {"architecture": "baseline2", "batch_norm": "before", "batch_size": 128, "patience": 50}
+
+
+def child(mode: str, data_dir: str, limit: int, epochs: int) -> dict:
+    """Run one measurement in this process and return its timings."""
+    import keras
+
+    from hpsearch.config import make_config, make_data_spec
+    from hpsearch.trial import load_splits
+
+    spec = make_data_spec({"dataset": "folder", "data_dir": data_dir, "limit": limit})
+    splits, _ = load_splits(spec)  # cached after the first run
+    config = make_config({**CONFIG, "epochs": epochs, "seed": 1})
+    with tempfile.TemporaryDirectory() as folder:
+        if mode == "hpsearch":
+            import mlflow
+
+            from hpsearch.driver import run_search
+            from hpsearch.study import parse_study
+
+            mlflow.set_tracking_uri(f"sqlite:///{folder}/mlflow.db")
+            study = parse_study(
+                {"name": "overhead", "sampler": {"type": "grid"}, "data": spec.model_dump(),
+                 "fixed": config.model_dump(mode="json"), "space": {}},
+                "overhead.yaml",
+            )  # fmt: skip
+            mlflow.MlflowClient().search_experiments()  # create the store's tables up front
+            started = time.perf_counter()
+            run_search(study, f"sqlite:///{folder}/optuna.db", echo=lambda _: None, verbose=0)
+            return {"wall": time.perf_counter() - started}
+        from hpsearch.builder import build_model
+
+        started = time.perf_counter()
+        keras.utils.set_random_seed(config.seed)
+        model = build_model(config, splits.input_shape, splits.num_classes,
+                            -(-len(splits.x_train) // config.batch_size))  # fmt: skip
+        model.fit(
+            splits.x_train, keras.utils.to_categorical(splits.y_train, splits.num_classes),
+            validation_data=(splits.x_val,
+                             keras.utils.to_categorical(splits.y_val, splits.num_classes)),
+            batch_size=config.batch_size, epochs=epochs, verbose=0,
+            callbacks=[keras.callbacks.EarlyStopping("val_loss", patience=50,
+                                                     restore_best_weights=True)],
+        )  # fmt: skip
+        model.predict(splits.x_val, batch_size=512, verbose=0)
+        return {"wall": time.perf_counter() - started}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=DEFAULT_DATA)
+    parser.add_argument("--limit", type=int, default=5000)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--child", choices=["hpsearch", "bare"])
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child, args.data_dir, args.limit, args.epochs)))
+        return
+    times: dict[str, list[float]] = {"hpsearch": [], "bare": []}
+    for _ in range(args.repeats):
+        for mode in ("hpsearch", "bare"):
+            done = subprocess.run(
+                [sys.executable, __file__, "--child", mode, "--data-dir", args.data_dir,
+                 "--limit", str(args.limit), "--epochs", str(args.epochs)],
+                capture_output=True, text=True, check=True,
+            )  # fmt: skip
+            times[mode].append(json.loads(done.stdout.strip().splitlines()[-1])["wall"])
+            print(mode, f"{times[mode][-1]:.2f} s", flush=True)
+    ratio = statistics.mean(times["hpsearch"]) / statistics.mean(times["bare"])
+    rows = [[mode, ", ".join(f"{t:.2f}" for t in values), f"{statistics.mean(values):.2f}"]
+            for mode, values in times.items()]  # fmt: skip
+    body = table(["run", "wall times (s), A/B interleaved", "mean (s)"], rows)
+    body += f"\n\nratio hpsearch / bare: **{ratio:.3f}** (target at most 1.02)"
+    record(
+        f"Tracking overhead: baseline2+BN, {args.limit} images/split, {args.epochs} epochs",
+        body,
+    )
+
+
+if __name__ == "__main__":
+    main()
