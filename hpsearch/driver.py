@@ -221,6 +221,7 @@ class _Objective:
         trial.set_user_attr("epochs_run", result.epochs_run)
         trial.set_user_attr("best_epoch", result.best_epoch)
         trial.set_user_attr("wall_time_s", result.wall_time_s)
+        trial.set_user_attr("fit_time_s", result.fit_time_s)
         return result.final_metrics()[self.spec.objective.metric]
 
 
@@ -288,7 +289,7 @@ def _run_trials(study, spec, objective, options, total, timeout, echo) -> None:
                 break
             close_unclosed_runs()
             study.optimize(
-                objective, n_trials=1, catch=(Exception,), callbacks=[progress], gc_after_trial=True
+                objective, n_trials=1, catch=(Exception,), callbacks=[progress]
             )
             ran += 1
             if objective.last_failure == "tracking_unreachable":

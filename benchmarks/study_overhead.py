@@ -1,0 +1,95 @@
+"""Between-trial overhead and memory across trials, on one 20-trial study of tiny models.
+
+* the share of the study's wall time spent outside `Model.fit` (study bookkeeping, model
+  building, evaluation, MLflow logging and artifacts, summary plots); target at most 5%;
+* the peak RSS of the worker after trial 2 and after trial 20; target growth at most 10%.
+
+    python benchmarks/study_overhead.py --trials 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import record, table  # noqa: E402
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--limit", type=int, default=1000)
+    args = parser.parse_args()
+
+    import keras
+    import mlflow
+
+    from hpsearch.driver import run_search
+    from hpsearch.study import parse_study
+
+    peaks: dict[int, float] = {}
+
+    class Memory(keras.callbacks.Callback):
+        """Peak RSS as each trial ends (trial numbers from 1)."""
+
+        def __init__(self, number: int) -> None:
+            super().__init__()
+            self.number = number
+
+        def on_train_end(self, logs=None) -> None:
+            peaks[self.number + 1] = peak_rss_mib()
+
+    spec = parse_study(
+        {
+            "name": "overhead",
+            "sampler": {"type": "random", "seed": 0},
+            "n_trials": args.trials,
+            "data": {"dataset": "digits", "limit": args.limit},
+            "fixed": {"architecture": "baseline2", "epochs": args.epochs, "batch_size": 32,
+                      "patience": 50},
+            "space": {"batch_norm": {"choices": ["none", "before", "after"]},
+                      "dropout": {"choices": ["none", 0.2, "0.2/0.3/0.4"]},
+                      "learning_rate": {"low": 3e-4, "high": 3e-3, "log": True}},
+        },
+        "overhead.yaml",
+    )  # fmt: skip
+    with tempfile.TemporaryDirectory() as folder:
+        mlflow.set_tracking_uri(f"sqlite:///{folder}/mlflow.db")
+        mlflow.MlflowClient().search_experiments()  # the store's tables, before the clock
+        started = time.perf_counter()
+        run_search(spec, f"sqlite:///{folder}/optuna.db", echo=lambda _: None, verbose=0,
+                   extra_callbacks=lambda trial: [Memory(trial.number)])  # fmt: skip
+        wall = time.perf_counter() - started
+        import optuna
+
+        trials = optuna.load_study(study_name="overhead", storage=f"sqlite:///{folder}/optuna.db")
+        fit = sum(t.user_attrs.get("fit_time_s", 0.0) for t in trials.trials)
+    outside = 1 - fit / wall
+    body = table(
+        ["trials", "study wall (s)", "inside fit (s)", "outside fit (s)", "share outside fit"],
+        [[args.trials, f"{wall:.1f}", f"{fit:.1f}", f"{wall - fit:.1f}", f"**{outside:.1%}**"]],
+    )
+    body += "\n\ntarget: at most 5% outside fit\n\n"
+    last = max(peaks)
+    growth = peaks[last] / peaks[2] - 1
+    body += table(
+        ["peak RSS after trial 2 (MiB)", f"after trial {last} (MiB)", "growth"],
+        [[f"{peaks[2]:.0f}", f"{peaks[last]:.0f}", f"**{growth:+.1%}**"]],
+    )
+    body += "\n\ntarget: growth at most 10%"
+    record(f"Study overhead: {args.trials} trials of baseline2 on digits, {args.epochs} epochs",
+           body)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
