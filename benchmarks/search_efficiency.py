@@ -1,0 +1,82 @@
+"""Search efficiency: TPE with Hyperband pruning vs random search without pruning.
+
+Same fixed CIFAR-10 subset, same space, same number of trials; reports the epochs trained,
+the wall time and the best validation accuracy of each. Target (issue 6): at most a third
+of the unpruned search's epochs for a best validation accuracy within 1 point of it.
+
+    python benchmarks/search_efficiency.py --limit 2000 --trials 20 --epochs 9
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import DEFAULT_DATA, record, table  # noqa: E402
+
+SPACE = {
+    "batch_norm": {"choices": ["none", "before"]},
+    "dropout": {"choices": ["none", 0.2, "0.2/0.3/0.4"]},
+    "optimizer": {"choices": ["adam", "rmsprop", "sgd_momentum"]},
+    "learning_rate": {"low": 1e-4, "high": 3e-2, "log": True},
+    "batch_size": {"choices": [64, 128]},
+}
+
+
+def run(name: str, sampler: dict, pruner: dict, args, folder: str) -> list[object]:
+    import optuna
+
+    from hpsearch.driver import run_search
+    from hpsearch.study import parse_study
+
+    spec = parse_study(
+        {"name": name, "sampler": sampler, "pruner": pruner, "n_trials": args.trials,
+         "data": {"dataset": "folder", "data_dir": args.data_dir, "limit": args.limit},
+         "fixed": {"architecture": "baseline2", "epochs": args.epochs, "patience": args.epochs},
+         "space": SPACE},
+        f"{name}.yaml",
+    )  # fmt: skip
+    storage = f"sqlite:///{folder}/optuna.db"
+    started = time.perf_counter()
+    run_search(spec, storage, echo=print, verbose=0)
+    wall = time.perf_counter() - started
+    trials = optuna.load_study(study_name=name, storage=storage).trials
+    epochs = sum(t.user_attrs.get("epochs_run") or (t.last_step or 0) + 1 for t in trials)
+    pruned = sum(t.state.name == "PRUNED" for t in trials)
+    best = max(t.value for t in trials if t.value is not None)
+    return [name, len(trials), pruned, epochs, f"{wall:.0f}", f"{best:.4f}"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=DEFAULT_DATA)
+    parser.add_argument("--limit", type=int, default=2000)
+    parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=9)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as folder:
+        mlflow.set_tracking_uri(f"sqlite:///{folder}/mlflow.db")
+        pruned = run("tpe_hyperband", {"type": "tpe", "seed": args.seed, "n_startup_trials": 5},
+                     {"type": "hyperband", "min_resource": 1, "reduction_factor": 3},
+                     args, folder)  # fmt: skip
+        plain = run("random_unpruned", {"type": "random", "seed": args.seed}, {"type": "none"},
+                    args, folder)  # fmt: skip
+    body = table(["search", "trials", "pruned", "epochs trained", "wall (s)", "best val accuracy"],
+                 [pruned, plain])  # fmt: skip
+    share = pruned[3] / plain[3]
+    gap = float(plain[5]) - float(pruned[5])
+    body += (f"\n\nepochs: {share:.2f} of the unpruned search (target at most 0.33); best "
+             f"validation accuracy {gap * 100:+.2f} points behind it (target within 1)")  # fmt: skip
+    record(f"Search efficiency: {args.trials} trials, up to {args.epochs} epochs, "
+           f"{args.limit} CIFAR-10 images per split", body)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
