@@ -72,8 +72,10 @@ def main() -> None:
                  [pruned, plain])  # fmt: skip
     share = pruned[3] / plain[3]
     gap = float(plain[5]) - float(pruned[5])
-    body += (f"\n\nepochs: {share:.2f} of the unpruned search (target at most 0.33); best "
-             f"validation accuracy {gap * 100:+.2f} points behind it (target within 1)")  # fmt: skip
+    body += (
+        f"\n\nepochs: {share:.2f} of the unpruned search (target at most 0.33); best "
+        f"validation accuracy {gap * 100:+.2f} points behind it (target within 1)"
+    )
     record(f"Search efficiency: {args.trials} trials, up to {args.epochs} epochs, "
            f"{args.limit} CIFAR-10 images per split", body)  # fmt: skip
 
