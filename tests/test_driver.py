@@ -9,6 +9,7 @@ import keras
 import mlflow
 import optuna
 import pytest
+from conftest import parents_and_children
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
@@ -34,14 +35,6 @@ def tiny_study(name: str, **settings) -> dict:
     }
 
 
-def runs_of(client: MlflowClient, study: str):
-    experiment = client.get_experiment_by_name(study)
-    runs = client.search_runs([experiment.experiment_id], max_results=1000)
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    return parents, children
-
-
 def test_grid_study_enumerates_exactly_its_grid(stores):
     storage, client = stores
     spec = parse_study(
@@ -62,7 +55,7 @@ def test_grid_study_enumerates_exactly_its_grid(stores):
     assert combos == set(itertools.product(["none", "after"], ["none", 0.3]))
     again = run_search(spec, storage, echo=lambda _: None, verbose=0)  # nothing left to run
     assert sum(again.counts.values()) == 4 and again.parent_run_id == outcome.parent_run_id
-    parents, children = runs_of(client, "grid")
+    parents, children = parents_and_children(client, "grid")
     assert len(parents) == 1 and len(children) == 4
     assert {c.data.params["batch_norm"] for c in children} == {"none", "after"}
     summary = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
@@ -102,7 +95,7 @@ def test_nan_and_raising_trials_fail_with_reason_and_the_study_goes_on(stores):
     # the study went on after the failures, until its total of 4 completed trials
     assert [t.state for t in trials[3:]] == [TrialState.COMPLETE] * 3
     assert outcome.counts == {"complete": 4, "pruned": 0, "failed": 2}
-    _, children = runs_of(client, "failing")
+    _, children = parents_and_children(client, "failing")
     by_trial = {int(c.data.tags["optuna.trial_number"]): c for c in children}
     assert by_trial[1].info.status == "FAILED"
     assert by_trial[1].data.tags["hpsearch.failure_reason"] == "nan_loss"
@@ -140,7 +133,7 @@ def test_pruned_study_prunes_and_saves_epochs(stores):
     epochs = sum(t.user_attrs.get("epochs_run", t.last_step + 1 if t.last_step is not None else 0)
                  for t in trials)  # fmt: skip
     assert epochs < 6 * 4
-    _, children = runs_of(client, "pruned")
+    _, children = parents_and_children(client, "pruned")
     outcomes = {c.data.tags["hpsearch.outcome"] for c in children}
     assert outcomes == {"completed", "pruned"}
     assert all(c.info.status == "FINISHED" for c in children)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import parents_and_children
 from mlflow import MlflowClient
 
 from hpsearch.config import DataSpec, TrialConfig
@@ -29,14 +30,6 @@ def environment() -> dict[str, str]:
     return env
 
 
-def study_runs(client: MlflowClient, name: str):
-    experiment = client.get_experiment_by_name(name)
-    runs = client.search_runs([experiment.experiment_id], max_results=1000)
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    return parents, children
-
-
 def test_smoke_study_gives_one_parent_and_one_child_per_trial(mlflow_server, tmp_path):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     started = time.monotonic()
@@ -53,7 +46,7 @@ def test_smoke_study_gives_one_parent_and_one_child_per_trial(mlflow_server, tmp
     trials = optuna.load_study(study_name="smoke", storage=storage).trials
     assert len(trials) == 6
     client = MlflowClient(tracking_uri=mlflow_server)
-    parents, children = study_runs(client, "smoke")
+    parents, children = parents_and_children(client, "smoke")
     assert len(parents) == 1 and len(children) == len(trials)
     parent = parents[0]
     assert parent.info.status == "FINISHED"
@@ -105,7 +98,7 @@ def test_interrupt_then_resume_keeps_trial_numbers_and_parent(mlflow_server, tmp
     assert "interrupted" in rest
 
     client = MlflowClient(tracking_uri=mlflow_server)
-    parents, children = study_runs(client, "resume")
+    parents, children = parents_and_children(client, "resume")
     assert len(parents) == 1 and parents[0].info.status == "KILLED"
     assert all(c.info.status != "RUNNING" for c in children)
     first_parent = parents[0].info.run_id
@@ -120,7 +113,7 @@ def test_interrupt_then_resume_keeps_trial_numbers_and_parent(mlflow_server, tmp
     numbers = [t.number for t in trials]
     assert numbers == list(range(len(trials)))
     assert sum(t.state.name == "COMPLETE" for t in trials) == 4
-    parents, children = study_runs(client, "resume")
+    parents, children = parents_and_children(client, "resume")
     assert [p.info.run_id for p in parents] == [first_parent]
     assert parents[0].info.status == "FINISHED"
     assert len(children) == len(trials)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from conftest import parents_and_children
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
@@ -33,14 +34,6 @@ def env(**extra: str) -> dict[str, str]:
     base = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **extra}
     base.pop("MLFLOW_TRACKING_URI", None)
     return base
-
-
-def runs_of(client: MlflowClient, experiment_name: str):
-    experiment = client.get_experiment_by_name(experiment_name)
-    runs = client.search_runs([experiment.experiment_id], max_results=1000)
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    return parents, children
 
 
 def with_password(url: str, user: str = "alice", password: str = "tr4ck-s3cret") -> str:
@@ -73,7 +66,7 @@ def test_four_workers_share_one_study_on_postgresql(postgres_url, mlflow_server,
     assert sorted(numbers) == list(range(12))
     assert len({t.user_attrs["worker"] for t in trials}) == 4  # four processes took part
     client = MlflowClient(tracking_uri=mlflow_server)
-    parents, children = runs_of(client, "fleet")
+    parents, children = parents_and_children(client, "fleet")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert len(children) == 12
     assert sorted(int(c.data.tags["optuna.trial_number"]) for c in children) == numbers
@@ -143,7 +136,7 @@ def test_kill_9_of_a_worker_fails_its_trial_which_is_retried(postgres_url, mlflo
     lost_run = client.get_run(lost.user_attrs["mlflow_run_id"])
     assert lost_run.info.status == "FAILED"
     assert lost_run.data.tags["hpsearch.failure_reason"] == "worker_lost"
-    parents, children = runs_of(client, "crash")
+    parents, children = parents_and_children(client, "crash")
     assert all(run.info.status != "RUNNING" for run in [*parents, *children])
 
 
@@ -191,7 +184,7 @@ def test_tracking_server_lost_mid_search_fails_the_trial_and_the_study_goes_on(
     failed = [t for t in trials if t.state == TrialState.FAIL]
     assert [t.user_attrs["fail_reason"] for t in failed] == ["tracking_unreachable"]
     client = MlflowClient(tracking_uri=url)
-    parents, children = runs_of(client, "outage")
+    parents, children = parents_and_children(client, "outage")
     assert all(run.info.status != "RUNNING" for run in [*parents, *children])
     recorded = client.get_metric_history(trials[0].user_attrs["mlflow_run_id"], "val_accuracy")
     assert len(recorded) == trials[0].user_attrs["epochs_run"]  # nothing recorded was lost

@@ -11,21 +11,20 @@ from hpsearch.cli.common import DATASETS, fail, tracking_option, use_tracking
 from hpsearch.errors import HpsearchError
 
 
+def config_options(function):
+    """``--config FILE`` and ``--set KEY=VALUE``: a trial config and its overrides."""
+    function = click.option(
+        "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+        help="Override one config key (repeatable; several space-separated allowed).",
+    )(function)  # fmt: skip
+    return click.option(
+        "--config", "config_path", type=click.Path(dir_okay=False), default=None,
+        help="YAML trial config (see `hpsearch config` for keys and defaults).",
+    )(function)  # fmt: skip
+
+
 @click.command()
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="YAML trial config (see `hpsearch config` for keys and defaults).",
-)
-@click.option(
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Override one config key (repeatable; several space-separated allowed).",
-)
+@config_options
 @click.option(
     "--dataset",
     type=click.Choice(DATASETS),
@@ -155,20 +154,7 @@ def _train(
 
 
 @click.command("config")
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="YAML trial config to start from.",
-)
-@click.option(
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Override one config key (repeatable).",
-)
+@config_options
 def show_config(config_path: str | None, overrides: tuple[str, ...]) -> None:
     """Print the resolved trial config as YAML, and what each key allows."""
     from hpsearch.config import TrialConfig, allowed_values, load_config, parse_overrides
