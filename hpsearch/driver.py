@@ -249,7 +249,7 @@ def run_search(
     parent = find_parent(study, spec, storage, created)
     total = study_total(spec, n_trials)
     echo(
-        f"[{spec.name}] {'joining' if not created and parent.resumed else 'starting'}: "
+        f"[{spec.name}] {'starting' if created else 'resuming'}: "
         f"{trials_to_run(study, spec, n_trials)} of {total or 'unlimited'} trials left"
         f"{f', timeout {timeout or spec.timeout:g}s' if (timeout or spec.timeout) else ''}; "
         f"{len(splits.x_train)} training images; storage {hide_password(storage)}"

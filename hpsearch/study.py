@@ -1,8 +1,8 @@
 """Study files (``studies/*.yaml``): schema, loading and validation.
 
-A study file names the study, its objective, sampler, pruner, budget, data,
-the ``fixed`` trial-config keys and the searched ``space``. Everything is
-checked before anything runs; errors name the file, the key, what was
+A study file names the study, its engine, objective, sampler, pruner, budget,
+data, the ``fixed`` trial-config keys and the searched ``space``. Everything
+is checked before anything runs; errors name the file, the key, what was
 expected and what was received.
 """
 
@@ -17,9 +17,23 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from hpsearch.config import DataSpec, TrialConfig, format_validation_error, make_config
 from hpsearch.errors import ConfigError
 
-SamplerName = Literal["grid", "random", "tpe", "cmaes", "qmc"]
+EngineName = Literal["optuna", "keras_tuner"]
+SamplerName = Literal["grid", "random", "tpe", "cmaes", "qmc", "bayesian", "hyperband"]
 PrunerName = Literal["none", "median", "percentile", "successive_halving", "hyperband"]
 ObjectiveMetric = Literal["best_val_accuracy", "best_val_loss"]
+
+#: the samplers each engine has (keras_tuner: its tuners)
+ENGINE_SAMPLERS: dict[str, tuple[str, ...]] = {
+    "optuna": ("grid", "random", "tpe", "cmaes", "qmc"),
+    "keras_tuner": ("random", "bayesian", "hyperband"),
+}
+#: sampler settings that only the keras_tuner engine reads, and the tuners that read them
+KERAS_TUNER_SETTINGS: dict[str, tuple[str, ...]] = {
+    "max_epochs": ("hyperband",),
+    "factor": ("hyperband",),
+    "hyperband_iterations": ("hyperband",),
+    "executions_per_trial": ("random", "bayesian", "hyperband"),
+}
 
 #: per-epoch Keras metric that the pruner watches for each objective
 EPOCH_METRIC = {"best_val_accuracy": "val_accuracy", "best_val_loss": "val_loss"}
@@ -46,7 +60,12 @@ class SamplerSpec(BaseModel):
     model_config = _Strict
     type: SamplerName = "tpe"
     seed: int = Field(default=0, ge=0)
-    n_startup_trials: int | None = Field(default=None, ge=0)  # tpe, cmaes
+    n_startup_trials: int | None = Field(default=None, ge=0)  # tpe, cmaes, bayesian
+    # keras_tuner engine only
+    max_epochs: int | None = Field(default=None, ge=1)  # hyperband (default: the epochs key)
+    factor: int = Field(default=3, ge=2)  # hyperband reduction factor
+    hyperband_iterations: int = Field(default=1, ge=1)  # hyperband
+    executions_per_trial: int = Field(default=1, ge=1)  # trainings per trial, averaged
 
 
 class PrunerSpec(BaseModel):
@@ -108,6 +127,7 @@ class StudyFile(BaseModel):
     model_config = _Strict
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
+    engine: EngineName = "optuna"  # who proposes: Optuna's samplers or KerasTuner's tuners
     objective: Objective = Objective()
     sampler: SamplerSpec = SamplerSpec()
     pruner: PrunerSpec = PrunerSpec()
@@ -149,7 +169,7 @@ def _check_space(study: StudyFile, where: str) -> None:
                 raise ConfigError(
                     f"{where}: space.{key}: grid sampler needs choices, or low/high with a step"
                 )
-    elif study.n_trials is None and study.timeout is None:
+    elif study.n_trials is None and study.timeout is None and study.sampler.type != "hyperband":
         raise ConfigError(
             f"{where}: n_trials or timeout is required for a {study.sampler.type} sampler"
         )
@@ -179,8 +199,46 @@ def parse_study(data: Any, where: str) -> StudyFile:
         study = StudyFile.model_validate(data)
     except ValidationError as error:
         raise ConfigError(_format_study_error(error, where)) from None
+    _check_engine(study, where)
     _check_space(study, where)
     return study
+
+
+def _check_engine(study: StudyFile, where: str) -> None:
+    """The sampler, pruner and sampler settings must be ones the study's engine has."""
+    engine, sampler = study.engine, study.sampler
+    choices = ENGINE_SAMPLERS[engine]
+    if sampler.type not in choices:
+        raise ConfigError(
+            f"{where}: sampler.type: {sampler.type!r} is not a sampler of the {engine} engine; "
+            f"choose one of: {', '.join(choices)}"
+        )
+    for key, tuners in KERAS_TUNER_SETTINGS.items():
+        if key not in sampler.model_fields_set:
+            continue
+        if engine != "keras_tuner":
+            raise ConfigError(
+                f"{where}: sampler.{key}: a setting of the keras_tuner engine; "
+                f"this study's engine is {engine}"
+            )
+        if sampler.type not in tuners:
+            raise ConfigError(
+                f"{where}: sampler.{key}: a setting of the {', '.join(tuners)} sampler, "
+                f"not of {sampler.type}"
+            )
+    if engine != "keras_tuner":
+        return
+    if study.pruner.type != "none":
+        raise ConfigError(
+            f"{where}: pruner.type: the keras_tuner engine does not prune "
+            f"(got {study.pruner.type!r}); set pruner: {{type: none}}, or use sampler "
+            "hyperband (KerasTuner's Hyperband tuner stops weak trials itself)"
+        )
+    if sampler.type == "hyperband" and "epochs" in study.space:
+        raise ConfigError(
+            f"{where}: space.epochs: the hyperband sampler decides each trial's epochs "
+            "(up to sampler.max_epochs); fix epochs instead of searching it"
+        )
 
 
 def _format_study_error(error: ValidationError, where: str) -> str:
@@ -198,11 +256,13 @@ def load_study(
     path: str | Path,
     fixed: dict[str, Any] | None = None,
     data: dict[str, Any] | None = None,
+    engine: str | None = None,
 ) -> StudyFile:
     """Read and validate a study file.
 
     ``fixed`` overrides trial-config keys (a searched key set here stops being
-    searched); ``data`` overrides data options (``data_dir``, ``limit``...).
+    searched); ``data`` overrides data options (``data_dir``, ``limit``...);
+    ``engine`` overrides the file's engine.
     """
     path = Path(path)
     try:
@@ -216,4 +276,6 @@ def load_study(
         raw["fixed"] = {**(raw.get("fixed") or {}), **(fixed or {})}
         raw["space"] = {k: v for k, v in (raw.get("space") or {}).items() if k not in (fixed or {})}
         raw["data"] = {**(raw.get("data") or {}), **(data or {})}
+    if isinstance(raw, dict) and engine:
+        raw = {**raw, "engine": engine}
     return parse_study(raw, str(path))

@@ -32,6 +32,8 @@ def grid(name: str, space: dict) -> dict:
 def studies(tmp_path_factory):
     """Two tiny real studies (plus a conflicting third) in one SQLite storage and MLflow store."""
     folder = tmp_path_factory.mktemp("chooser")
+    here = os.getcwd()
+    os.chdir(folder)  # a SQLite MLflow store keeps artifacts in ./mlruns
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"sqlite:///{folder / 'mlflow.db'}")
     storage = f"sqlite:///{folder / 'optuna.db'}"
@@ -46,6 +48,7 @@ def studies(tmp_path_factory):
         run_search(parse_study(spec, f"{name}.yaml"), storage, echo=lambda _: None, verbose=0)
     yield folder, storage
     mlflow.set_tracking_uri(previous)
+    os.chdir(here)
 
 
 def test_combine_takes_each_factor_from_the_study_that_varied_it(studies):

@@ -18,8 +18,9 @@ from hpsearch.study import parse_study
 
 
 @pytest.fixture
-def stores(tmp_path):
+def stores(tmp_path, monkeypatch):
     """A fresh SQLite Optuna storage and local MLflow store, made current."""
+    monkeypatch.chdir(tmp_path)  # a SQLite MLflow store keeps artifacts in ./mlruns
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     yield f"sqlite:///{tmp_path / 'optuna.db'}", MlflowClient()

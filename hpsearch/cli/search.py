@@ -46,27 +46,46 @@ def study_options(function):
     return function
 
 
-def _load(study_file, overrides, data_dir, limit):
+ENGINES = ("optuna", "keras_tuner")
+
+
+def _load(study_file, overrides, data_dir, limit, engine=None):
     from hpsearch.config import parse_overrides
     from hpsearch.study import load_study
 
     data = {"data_dir": data_dir} if data_dir else {}
     if limit:
         data["limit"] = limit
-    return load_study(study_file, parse_overrides(overrides), data)
+    return load_study(study_file, parse_overrides(overrides), data, engine)
 
 
 def _run(study_file, n_trials, timeout, storage, tracking_uri, data_dir, limit, overrides,
-         heartbeat, grace, max_retry, quiet, max_trials=None) -> None:  # fmt: skip
+         heartbeat, grace, max_retry, quiet, max_trials=None, engine=None,
+         worker=False) -> None:  # fmt: skip
     stop_on_sigterm()
     try:
-        spec = _load(study_file, overrides, data_dir, limit)
+        spec = _load(study_file, overrides, data_dir, limit, engine)
+        if spec.engine == "keras_tuner" and worker:
+            raise HpsearchError(
+                f"{study_file}: a keras_tuner study runs in one process: "
+                "use `hpsearch search`, not `worker`"
+            )
         url = storage_for(storage, tracking_uri)
         from hpsearch.driver import WorkerOptions, describe, run_search
+        from hpsearch.kt_engine import check_engine
 
+        check_engine(spec, url)
         options = WorkerOptions(heartbeat, grace, max_retry, max_trials)
-        outcome = run_search(spec, url, n_trials or None, timeout or None, echo=click.echo,
-                             verbose=0 if quiet else 2, options=options)  # fmt: skip
+        if spec.engine == "keras_tuner":
+            from hpsearch.kt_engine import run_search as run_keras_tuner
+
+            options = WorkerOptions(0, max_retry=0)
+            outcome = run_keras_tuner(spec, url, n_trials or None, timeout or None,
+                                      echo=click.echo, verbose=0 if quiet else 2,
+                                      options=options)  # fmt: skip
+        else:
+            outcome = run_search(spec, url, n_trials or None, timeout or None, echo=click.echo,
+                                 verbose=0 if quiet else 2, options=options)  # fmt: skip
     except HpsearchError as error:
         fail(error)
     click.echo(describe(outcome))
@@ -78,16 +97,23 @@ def _run(study_file, n_trials, timeout, storage, tracking_uri, data_dir, limit, 
 @study_options
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Run the study in N local worker processes.")  # fmt: skip
+@click.option("--engine", type=click.Choice(ENGINES), default=None,
+              help="Who proposes trials: Optuna's samplers or KerasTuner's tuners "
+                   "(overrides the study file's engine).")  # fmt: skip
 def search(study_file, n_trials, timeout, storage, tracking_uri, data_dir, limit, overrides,
-           heartbeat, grace, max_retry, quiet, workers) -> None:  # fmt: skip
-    """Run or resume the Optuna study a study file describes, tracked in MLflow."""
+           heartbeat, grace, max_retry, quiet, workers, engine) -> None:  # fmt: skip
+    """Run or resume the study a study file describes (Optuna or KerasTuner), tracked in MLflow."""
     if workers == 1:
         _run(study_file, n_trials, timeout, storage, tracking_uri, data_dir, limit, overrides,
-             heartbeat, grace, max_retry, quiet)  # fmt: skip
+             heartbeat, grace, max_retry, quiet, engine=engine)  # fmt: skip
         return
     stop_on_sigterm()
     try:
-        spec = _load(study_file, overrides, data_dir, limit)
+        spec = _load(study_file, overrides, data_dir, limit, engine)
+        if spec.engine == "keras_tuner":
+            raise HpsearchError(
+                f"{study_file}: a keras_tuner study runs in one process: leave out --workers"
+            )
         url = storage_for(storage, tracking_uri)
         from hpsearch.workers import launch_workers
 
@@ -119,7 +145,7 @@ def worker(study_file, n_trials, timeout, storage, tracking_uri, data_dir, limit
 
     configure_gpu(gpu)
     _run(study_file, n_trials, timeout, storage, tracking_uri, data_dir, limit, overrides,
-         heartbeat, grace, max_retry, quiet, max_trials)  # fmt: skip
+         heartbeat, grace, max_retry, quiet, max_trials, worker=True)  # fmt: skip
 
 
 @click.command()
@@ -181,8 +207,9 @@ def validate(study_files: tuple[str, ...]) -> None:
             failed = True
             continue
         size = f", grid of {grid_size(study)}" if study.sampler.type == "grid" else ""
+        engine = f"{study.engine} engine, " if study.engine != "optuna" else ""
         click.echo(
-            f"{path}: ok (study {study.name}, {study.sampler.type} sampler{size}, "
+            f"{path}: ok (study {study.name}, {engine}{study.sampler.type} sampler{size}, "
             f"pruner {study.pruner.type}, {len(study.space)} searched factors)"
         )
     if failed:
