@@ -288,9 +288,7 @@ def _run_trials(study, spec, objective, options, total, timeout, echo) -> None:
             if deadline is not None and time.monotonic() >= deadline:
                 break
             close_unclosed_runs()
-            study.optimize(
-                objective, n_trials=1, catch=(Exception,), callbacks=[progress]
-            )
+            study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[progress])
             ran += 1
             if objective.last_failure == "tracking_unreachable":
                 wait_for_tracking(options.tracking_wait, echo)
