@@ -49,7 +49,3 @@ def build_optimizer(config: TrialConfig, steps_per_epoch: int) -> keras.optimize
         )
     return cls(learning_rate=rate, **kwargs)
 
-
-def current_learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
-    """The learning rate in effect now (schedules evaluated at the current step)."""
-    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
