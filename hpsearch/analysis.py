@@ -136,6 +136,26 @@ def _linear_head(model: keras.Model) -> tuple[keras.layers.Layer, keras.layers.D
     return pool, dense
 
 
+def _pooled_features(
+    model: keras.Model, pool: keras.layers.Layer, images: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(output of ``pool``, probabilities) for ``images``, inference mode.
+
+    The layers are called one after another (the networks here are a chain), so
+    this works for a network whose layers are shared with another model too,
+    where ``pool.output`` would name the other model's tensor.
+    """
+    x = images
+    pooled = None
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        x = layer(x)
+        if layer is pool:
+            pooled = x
+    return keras.ops.convert_to_numpy(pooled), keras.ops.convert_to_numpy(x)
+
+
 def grad_cam_maps(
     model: keras.Model, images: np.ndarray, class_indices: np.ndarray | None = None
 ) -> np.ndarray:
@@ -152,8 +172,7 @@ def grad_cam_maps(
     ``class_indices`` defaults to the model's predicted class for each image.
     """
     pool, dense = _linear_head(model)
-    features = keras.Model(model.inputs, [pool.output, model.outputs[0]])
-    pooled, probabilities = features.predict(np.asarray(images), verbose=0)
+    pooled, probabilities = _pooled_features(model, pool, np.asarray(images))
     pooled = np.asarray(pooled, dtype=np.float64)  # (N, h, w, c)
     n, h, w, c = pooled.shape
     kernel = np.asarray(keras.ops.convert_to_numpy(dense.kernel), dtype=np.float64)

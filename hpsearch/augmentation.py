@@ -90,6 +90,10 @@ class GridMask(keras.layers.Layer):
         }
 
 
+# the names in_model_layers gives its layers; the exported network leaves them out
+IN_MODEL_LAYER_NAMES = frozenset({"shift", "flip", "zoom", "cutout", "gridmask"})
+
+
 def in_model_layers(augmentation: Sequence[str], seed: int) -> list[keras.layers.Layer]:
     """The image-only augmentation layers, in order, for images scaled to [0, 1]."""
     layers: list[keras.layers.Layer] = []

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import keras
 
-from hpsearch.augmentation import in_model_layers
+from hpsearch.augmentation import IN_MODEL_LAYER_NAMES, in_model_layers
 from hpsearch.config import TrialConfig
 from hpsearch.optimizers import build_optimizer
 
@@ -101,11 +101,16 @@ def build_model(
 def inference_model(model: keras.Model, config: TrialConfig) -> keras.Model:
     """The trained network without its augmentation layers, for export.
 
-    Augmentation layers hold no weights, so the weights carry over one for one.
-    The result uses only Keras core layers: ``keras.saving.load_model`` alone
-    loads it, in any process, and it takes raw uint8 images.
+    The trained layers themselves are wired again from a new input, leaving
+    the augmentation layers out: no new weights are made (no initializer
+    draws from the random state of the trial that runs next). The result uses
+    only Keras core layers: ``keras.saving.load_model`` alone loads it, in any
+    process, and it takes raw uint8 images.
     """
-    plain = config.model_copy(update={"augmentation": ()})
-    exported = build_network(plain, tuple(model.input_shape[1:]), model.output_shape[-1])
-    exported.set_weights(model.get_weights())
-    return exported
+    inputs = keras.Input(shape=tuple(model.input_shape[1:]), dtype="uint8", name="image")
+    x = inputs
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer) or layer.name in IN_MODEL_LAYER_NAMES:
+            continue
+        x = layer(x)
+    return keras.Model(inputs, x, name=model.name)

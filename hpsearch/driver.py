@@ -29,6 +29,7 @@ from hpsearch.errors import HpsearchError, failure_reason
 from hpsearch.progress import StudyProgress
 from hpsearch.redact import hide_password, redact_logs
 from hpsearch.samplers import make_pruner, make_sampler
+from hpsearch.session import freeze_startup_objects, release_trial_state
 from hpsearch.space import grid_size, suggest
 from hpsearch.study import EPOCH_METRIC, StudyFile
 from hpsearch.summary import completed, write_summary
@@ -36,12 +37,14 @@ from hpsearch.tracking import (
     StudyRun,
     TrialRun,
     close_lost_run,
+    close_orphaned_run,
     close_unclosed_runs,
     link_project_run,
     wait_for_tracking,
     where_to_look,
 )
 from hpsearch.trial import load_splits, tracked_trial
+from hpsearch.uploads import Uploader
 
 # Heartbeats and stale-trial retries are marked experimental in Optuna; they are what we use.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -130,7 +133,23 @@ class StaleTrialHandler:
         run_id = trial.user_attrs.get("mlflow_run_id")
         if run_id:
             close_lost_run(run_id)
+        _close_orphaned_runs(study, trial.user_attrs.get("worker"))
         self.retry(study, trial)
+
+
+def _close_orphaned_runs(study: optuna.Study, worker: str | None) -> None:
+    """Runs of a dead worker's last finished trials that its uploads never got to close."""
+    if not worker:
+        return
+    states = (TrialState.COMPLETE, TrialState.PRUNED)
+    done = [
+        t
+        for t in study.get_trials(deepcopy=False, states=states)
+        if t.user_attrs.get("worker") == worker and t.user_attrs.get("mlflow_run_id")
+    ]
+    for trial in sorted(done, key=lambda t: t.number)[-2:]:  # at most two can be pending
+        outcome = "completed" if trial.state == TrialState.COMPLETE else "pruned"
+        close_orphaned_run(trial.user_attrs["mlflow_run_id"], outcome)
 
 
 def open_study(spec: StudyFile, storage: optuna.storages.BaseStorage) -> tuple[optuna.Study, bool]:
@@ -176,6 +195,7 @@ class _Objective:
     def __init__(self, spec, splits, fingerprint, parent, verbose, extra_callbacks) -> None:
         self.spec, self.splits, self.fingerprint = spec, splits, fingerprint
         self.parent, self.verbose, self.extra_callbacks = parent, verbose, extra_callbacks
+        self.uploader = Uploader()  # artifacts go up while the next trial trains
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.last_failure: str | None = None
@@ -188,7 +208,7 @@ class _Objective:
             trial.set_user_attr("fail_reason", self.last_failure)
             raise
         finally:
-            keras.backend.clear_session()
+            release_trial_state()
 
     def _run(self, trial: optuna.Trial) -> float:
         values = suggest(trial, self.spec)
@@ -200,7 +220,8 @@ class _Objective:
             "optuna.trial_number": str(trial.number),
             "hpsearch.command": "search",
         }
-        with TrialRun(self.spec.name, f"trial-{trial.number:03d}", tags, self.parent) as run:
+        name = f"trial-{trial.number:03d}"
+        with TrialRun(self.spec.name, name, tags, self.parent, self.uploader) as run:
             trial.set_user_attr("mlflow_run_id", run.run_id)
             config = make_config(values, f"trial {trial.number}")
             trial.set_user_attr("config", config.model_dump(mode="json"))
@@ -255,14 +276,28 @@ def run_search(
         f"{len(splits.x_train)} training images; storage {hide_password(storage)}"
     )
     objective = _Objective(spec, splits, fingerprint, parent.run_id, verbose, extra_callbacks)
+    freeze_startup_objects()
     interrupted = False
     try:
         _run_trials(study, spec, objective, options, total, timeout or spec.timeout, echo)
     except KeyboardInterrupt:
         interrupted = True
     finally:
+        _finish_uploads(objective.uploader, echo)
         finish_parent(study, parent, "KILLED" if interrupted else "FINISHED")
     return _outcome(study, parent, interrupted)
+
+
+UPLOAD_WAIT_S = 300.0
+
+
+def _finish_uploads(uploader: Uploader, echo: Callable[[str], None]) -> None:
+    """Wait for the last trials' artifacts and run closings, then retry what failed."""
+    if uploader.pending():
+        echo(f"waiting for {uploader.pending()} background upload(s) to finish")
+    if not uploader.drain(UPLOAD_WAIT_S):
+        echo(f"background uploads still running after {UPLOAD_WAIT_S:g}s; leaving them")
+    close_unclosed_runs()
 
 
 def study_total(spec: StudyFile, n_trials: int | None) -> int | None:

@@ -11,9 +11,11 @@ from __future__ import annotations
 import io
 import os
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
     from hpsearch.config import TrialConfig
     from hpsearch.datasets import Splits
     from hpsearch.runner import TrialResult
+    from hpsearch.uploads import Uploader
 
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
 OUTCOME_TAG = "hpsearch.outcome"  # completed | pruned | failed
@@ -86,6 +89,8 @@ class TrialRun:
     """One MLflow run for one trial; use as a context manager.
 
     With ``parent_run_id`` the run is nested under that run, in its experiment.
+    With an ``uploader``, the artifacts are drawn and sent, and the run closed,
+    on its background thread (in that order), while the caller goes on.
     """
 
     def __init__(
@@ -94,10 +99,12 @@ class TrialRun:
         run_name: str | None = None,
         tags: Mapping[str, str] | None = None,
         parent_run_id: str | None = None,
+        uploader: Uploader | None = None,
     ) -> None:
         from mlflow import MlflowClient
 
         self.client = MlflowClient()
+        self.uploader = uploader
         tags = dict(tags or {})
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
@@ -140,7 +147,14 @@ class TrialRun:
         if detail:
             tags["hpsearch.failure_detail"] = hide_password(detail[:4000])
         status = status or ("FAILED" if outcome == "failed" else "FINISHED")
-        _close(self.client, self.run_id, status, tags)
+        self._later(f"close run {self.run_id}", _close, self.client, self.run_id, status, tags)
+
+    def _later(self, what: str, job, *args) -> None:
+        """Run ``job(*args)`` on the uploader's thread when there is one, else now."""
+        if self.uploader is None:
+            job(*args)
+        else:
+            self.uploader.submit(what, lambda: job(*args))
 
     def log_params(self, params: Mapping[str, str]) -> None:
         from mlflow.entities import Param
@@ -194,12 +208,27 @@ class TrialRun:
         now = int(time.time() * 1000)
         metrics = [Metric(k, float(v), now, 0) for k, v in result.final_metrics().items()]
         self.client.log_batch(self.run_id, metrics=metrics)
-        with tempfile.TemporaryDirectory(prefix="hpsearch-") as tmp:
-            for path in _write_artifacts(Path(tmp), result, config, splits):
-                self.client.log_artifact(self.run_id, str(path))
+        folder = Path(tempfile.mkdtemp(prefix="hpsearch-"))
+        artifacts = _TrialArtifacts.of(result, config, splits)
+        self._later(f"artifacts of run {self.run_id}", _send_artifacts, self.client,
+                    self.run_id, folder, artifacts)  # fmt: skip
 
 
 _UNCLOSED: dict[str, tuple[str, dict[str, str]]] = {}  # run id -> (status, tags)
+_UNSENT: dict[str, Path] = {}  # run id -> folder of artifacts whose upload failed
+
+
+def _send_artifacts(
+    client: MlflowClient, run_id: str, folder: Path, artifacts: _TrialArtifacts
+) -> None:
+    """Write the artifacts into ``folder`` and log them; kept for a retry if that fails."""
+    try:
+        artifacts.write(folder)
+        client.log_artifacts(run_id, str(folder))
+    except Exception:
+        _UNSENT[run_id] = folder  # sent again by close_unclosed_runs
+        raise
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _close(client: MlflowClient, run_id: str, status: str, tags: Mapping[str, str]) -> None:
@@ -218,8 +247,15 @@ def close_unclosed_runs() -> int:
     """Close the runs whose closing failed earlier; returns how many are still open."""
     from mlflow import MlflowClient
 
-    if _UNCLOSED:
+    if _UNSENT or _UNCLOSED:
         client = MlflowClient()
+        for run_id, folder in list(_UNSENT.items()):
+            try:
+                client.log_artifacts(run_id, str(folder))
+            except Exception:  # noqa: BLE001 - still away: try again next time
+                continue
+            _UNSENT.pop(run_id, None)
+            shutil.rmtree(folder, ignore_errors=True)
         for run_id, (status, tags) in list(_UNCLOSED.items()):
             _close(client, run_id, status, tags)
     return len(_UNCLOSED)
@@ -231,6 +267,20 @@ def close_lost_run(run_id: str) -> None:
 
     tags = {OUTCOME_TAG: "failed", REASON_TAG: "worker_lost"}
     _close(MlflowClient(), run_id, "FAILED", tags)
+
+
+def close_orphaned_run(run_id: str, outcome: str) -> None:
+    """Close a finished trial's run left RUNNING by a worker that died before closing it."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    try:
+        if client.get_run(run_id).info.status != "RUNNING":
+            return
+    except Exception:  # noqa: BLE001 - unknown run or server away: nothing to close now
+        return
+    tags = {OUTCOME_TAG: outcome, "hpsearch.artifacts_incomplete": "true"}
+    _close(client, run_id, "FINISHED", tags)
 
 
 def wait_for_tracking(limit_s: float, echo) -> None:
@@ -347,27 +397,57 @@ def link_project_run(study_run_id: str) -> None:
         MlflowClient().set_tag(project_run, "hpsearch.study_parent_run_id", study_run_id)
 
 
-def _write_artifacts(
-    folder: Path, result: TrialResult, config: TrialConfig, splits: Splits
-) -> list[Path]:
-    from hpsearch.builder import inference_model
-    from hpsearch.plots import save_confusion_matrix, save_training_curves
+@dataclass
+class _TrialArtifacts:
+    """What a trial's artifacts are made of, taken from the trial as it ends.
 
-    summary = io.StringIO()
-    result.model.summary(print_fn=lambda line, **_: summary.write(line + "\n"))
-    (folder / "model_summary.txt").write_text(summary.getvalue())
-    (folder / "config.yaml").write_text(config.to_yaml())
-    inference_model(result.model, config).save(folder / "model.keras")
-    return [
-        save_training_curves(result.history, folder / "training_curves.png"),
-        save_confusion_matrix(
-            splits.y_val,
-            result.val_predictions,
-            splits.class_names,
-            folder / "confusion_matrix.png",
-            title=f"validation (best epoch {result.best_epoch})",
-        ),
-        folder / "model_summary.txt",
-        folder / "config.yaml",
-        folder / "model.keras",
-    ]
+    The figures are drawn and the files written from this, possibly on the
+    uploader's thread while the next trial already trains.
+    """
+
+    history: dict[str, list[float]]
+    val_labels: np.ndarray
+    val_predictions: np.ndarray
+    class_names: tuple[str, ...]
+    best_epoch: int
+    config_yaml: str
+    model_summary: str
+    network: keras.Model  # the inference network, augmentation layers removed
+
+    @classmethod
+    def of(cls, result: TrialResult, config: TrialConfig, splits: Splits) -> _TrialArtifacts:
+        from hpsearch.builder import inference_model
+
+        summary = io.StringIO()
+        result.model.summary(print_fn=lambda line, **_: summary.write(line + "\n"))
+        return cls(
+            history=result.history,
+            val_labels=splits.y_val,
+            val_predictions=result.val_predictions,
+            class_names=tuple(splits.class_names),
+            best_epoch=result.best_epoch,
+            config_yaml=config.to_yaml(),
+            model_summary=summary.getvalue(),
+            network=inference_model(result.model, config),
+        )
+
+    def write(self, folder: Path) -> list[Path]:
+        """Curves, validation confusion matrix, model summary, config, model."""
+        from hpsearch.plots import save_confusion_matrix, save_training_curves
+
+        (folder / "model_summary.txt").write_text(self.model_summary)
+        (folder / "config.yaml").write_text(self.config_yaml)
+        self.network.save(folder / "model.keras")
+        return [
+            save_training_curves(self.history, folder / "training_curves.png"),
+            save_confusion_matrix(
+                self.val_labels,
+                self.val_predictions,
+                self.class_names,
+                folder / "confusion_matrix.png",
+                title=f"validation (best epoch {self.best_epoch})",
+            ),
+            folder / "model_summary.txt",
+            folder / "config.yaml",
+            folder / "model.keras",
+        ]
