@@ -29,7 +29,7 @@ from hpsearch.errors import HpsearchError, failure_reason
 from hpsearch.progress import StudyProgress
 from hpsearch.redact import hide_password, redact_logs
 from hpsearch.samplers import make_pruner, make_sampler
-from hpsearch.session import freeze_startup_objects, release_trial_state
+from hpsearch.session import freeze_startup_objects, release_trial_state, thaw_startup_objects
 from hpsearch.space import grid_size, suggest
 from hpsearch.study import EPOCH_METRIC, StudyFile
 from hpsearch.summary import completed, write_summary
@@ -285,6 +285,7 @@ def run_search(
     finally:
         _finish_uploads(objective.uploader, echo)
         finish_parent(study, parent, "KILLED" if interrupted else "FINISHED")
+        thaw_startup_objects()
     return _outcome(study, parent, interrupted)
 
 

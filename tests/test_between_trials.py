@@ -1,0 +1,135 @@
+"""Between trials: what a trial leaves behind, background uploads, runs of a dead worker."""
+
+from __future__ import annotations
+
+import gc
+import threading
+
+import keras
+import mlflow
+import optuna
+import pytest
+from conftest import parents_and_children
+from mlflow import MlflowClient
+
+from hpsearch.config import DataSpec, make_config
+from hpsearch.driver import StaleTrialHandler, run_search
+from hpsearch.runner import run_trial
+from hpsearch.session import release_trial_state
+from hpsearch.study import parse_study
+from hpsearch.trial import load_splits
+from hpsearch.uploads import Uploader
+
+ARTIFACTS = {
+    "training_curves.png",
+    "confusion_matrix.png",
+    "model_summary.txt",
+    "config.yaml",
+    "model.keras",
+}
+
+
+@pytest.fixture
+def stores(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    yield f"sqlite:///{tmp_path / 'optuna.db'}", MlflowClient()
+    mlflow.set_tracking_uri(previous)
+
+
+def _live_graphs() -> int:
+    from tensorflow.python.framework.func_graph import FuncGraph
+
+    gc.collect()
+    return sum(isinstance(o, FuncGraph) for o in gc.get_objects())
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="a TensorFlow leak")
+def test_trials_in_one_process_do_not_pile_up_graphs():
+    splits, _ = load_splits(DataSpec(dataset="digits", limit=200))
+    counts = []
+    for seed in range(4):
+        config = make_config({"architecture": "baseline1", "epochs": 1, "seed": seed})
+        run_trial(config, splits, verbose=0)
+        release_trial_state()
+        counts.append(_live_graphs())
+    # without the release each trial leaves its traced train step behind (~60 graphs)
+    assert counts[-1] <= counts[0], counts
+
+
+def test_uploader_runs_jobs_in_order_and_survives_a_failing_one():
+    uploader = Uploader()
+    done: list[int] = []
+    gate = threading.Event()
+
+    def job(n: int):
+        def run():
+            gate.wait(5)
+            if n == 2:
+                raise OSError("disk full")
+            done.append(n)
+
+        return run
+
+    for n in range(5):
+        uploader.submit(f"job {n}", job(n))
+    assert uploader.pending() == 5
+    assert uploader.drain(timeout=0.2) is False  # the first job is still waiting
+    gate.set()
+    assert uploader.drain(timeout=10) is True
+    assert done == [0, 1, 3, 4]
+    assert [what for what, _ in uploader.failures] == ["job 2"]
+    assert uploader.pending() == 0
+
+
+def test_every_trial_run_is_closed_with_its_artifacts_after_the_search(stores):
+    storage, client = stores
+    spec = parse_study(
+        {
+            "name": "uploads",
+            "sampler": {"type": "grid"},
+            "data": {"dataset": "digits", "limit": 150},
+            "fixed": {"architecture": "baseline1", "epochs": 2, "batch_size": 32},
+            "space": {"batch_norm": {"choices": ["none", "before", "after"]}},
+        },
+        "uploads.yaml",
+    )
+    outcome = run_search(spec, storage, echo=lambda _: None, verbose=0)
+    assert outcome.counts["complete"] == 3
+    _, children = parents_and_children(client, "uploads")
+    assert len(children) == 3
+    for run in children:
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["hpsearch.outcome"] == "completed"
+        assert {a.path for a in client.list_artifacts(run.info.run_id)} == ARTIFACTS
+    best = client.download_artifacts(outcome.best_run_id, "model.keras")
+    model = keras.saving.load_model(best)
+    splits, _ = load_splits(spec.data)
+    probabilities = model.predict(splits.x_val, verbose=0)
+    accuracy = float((probabilities.argmax(axis=1) == splits.y_val).mean())
+    logged = client.get_run(outcome.best_run_id).data.metrics["best_val_accuracy"]
+    assert accuracy == pytest.approx(logged, abs=1e-6)
+
+
+def test_a_dead_workers_finished_trial_whose_run_was_left_open_gets_closed(stores):
+    storage, client = stores
+    experiment = client.create_experiment("orphans")
+    study = optuna.create_study(study_name="orphans", storage=storage)
+    open_runs = []
+    for number in range(3):
+        run = client.create_run(experiment)
+        open_runs.append(run.info.run_id)
+        trial = study.ask()
+        trial.set_user_attr("worker", "host:4242")
+        trial.set_user_attr("mlflow_run_id", run.info.run_id)
+        if number < 2:
+            study.tell(trial, 0.5)
+    lost = study.trials[2]
+    StaleTrialHandler(max_retry=0)(study, lost)
+    statuses = [client.get_run(run_id).info.status for run_id in open_runs]
+    assert statuses == ["FINISHED", "FINISHED", "FAILED"]
+    first = client.get_run(open_runs[0]).data.tags
+    assert first["hpsearch.outcome"] == "completed"
+    assert first["hpsearch.artifacts_incomplete"] == "true"
+    assert client.get_run(open_runs[2]).data.tags["hpsearch.failure_reason"] == "worker_lost"
