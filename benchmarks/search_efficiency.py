@@ -87,8 +87,10 @@ def main() -> None:
         f"\n\nepochs: {share:.2f} of the unpruned search (target at most 0.33); best "
         f"validation accuracy {gap * 100:+.2f} points behind it (target within 1)"
     )
-    body += (f"\n\n{args.architecture}; Hyperband reduction factor {args.reduction_factor}, "
-             f"1 to {args.epochs} epochs; sampler seed {args.seed}")
+    body += (
+        f"\n\n{args.architecture}; Hyperband reduction factor {args.reduction_factor}, "
+        f"1 to {args.epochs} epochs; sampler seed {args.seed}"
+    )
     record(f"Search efficiency: {args.trials} trials, up to {args.epochs} epochs, "
            f"{args.limit} CIFAR-10 images per split", body)  # fmt: skip
 

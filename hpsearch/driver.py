@@ -189,6 +189,17 @@ def find_parent(study: optuna.Study, spec: StudyFile, storage_url: str, created:
     return parent
 
 
+class _UploadsGo(keras.callbacks.Callback):
+    """Lets held background uploads run once the first epoch (and its tracing) is done."""
+
+    def __init__(self, uploader: Uploader) -> None:
+        super().__init__()
+        self.uploader = uploader
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.uploader.go()
+
+
 class _Objective:
     """Runs one proposed trial as a nested MLflow run and returns the objective value."""
 
@@ -208,6 +219,7 @@ class _Objective:
             trial.set_user_attr("fail_reason", self.last_failure)
             raise
         finally:
+            self.uploader.hold()  # this trial's uploads wait for the next trial's first epoch
             release_trial_state()
 
     def _run(self, trial: optuna.Trial) -> float:
@@ -226,6 +238,7 @@ class _Objective:
             config = make_config(values, f"trial {trial.number}")
             trial.set_user_attr("config", config.model_dump(mode="json"))
             callbacks = list(self.extra_callbacks(trial)) if self.extra_callbacks else []
+            callbacks.append(_UploadsGo(self.uploader))
             if self.spec.pruner.type != "none":
                 from optuna_integration import KerasPruningCallback
 

@@ -48,4 +48,3 @@ def build_optimizer(config: TrialConfig, steps_per_epoch: int) -> keras.optimize
             rate, decay_steps=max(1, config.epochs * steps_per_epoch)
         )
     return cls(learning_rate=rate, **kwargs)
-

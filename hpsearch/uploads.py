@@ -1,7 +1,10 @@
 """Background uploads: a trial's figures are drawn and its artifacts sent while the next trains.
 
 One thread, one queue, jobs in the order they were given: a run's artifacts
-are always uploaded before the job that closes the run. ``drain`` waits for
+are always uploaded before the job that closes the run. The driver holds the
+queue while a trial builds its model and traces its train step (Python work
+that would compete with the jobs for the interpreter) and lets it go once the
+trial's first epoch is done. ``drain`` waits for
 everything given so far; the study driver drains before it writes the study
 summary and before it returns, so no run is left open by a worker that ends
 normally. A job that fails is logged and reported by ``drain``; tracking's
@@ -11,7 +14,9 @@ own retry lists (unclosed runs, unsent artifact folders) take it from there.
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -26,7 +31,16 @@ class Uploader:
         self._jobs: queue.Queue[tuple[str, Callable[[], None]]] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._open = threading.Event()
+        self._open.set()
         self.failures: list[tuple[str, BaseException]] = []
+
+    def hold(self) -> None:
+        """Start no new job until :meth:`go` (while the next trial builds and traces)."""
+        self._open.clear()
+
+    def go(self) -> None:
+        self._open.set()
 
     def submit(self, what: str, job: Callable[[], None]) -> None:
         with self._lock:
@@ -42,6 +56,7 @@ class Uploader:
 
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until every job given so far has run; False if ``timeout`` ran out first."""
+        self.go()
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._jobs.all_tasks_done:
             while self._jobs.unfinished_tasks:
@@ -52,8 +67,10 @@ class Uploader:
         return True
 
     def _work(self) -> None:
+        _lower_priority()
         while True:
             what, job = self._jobs.get()
+            self._open.wait()
             try:
                 job()
             except Exception as error:  # noqa: BLE001 - keep serving the next jobs
@@ -61,3 +78,12 @@ class Uploader:
                 self.failures.append((what, error))
             finally:
                 self._jobs.task_done()
+
+
+def _lower_priority() -> None:
+    """Let this thread have only the CPU that training leaves idle (Linux: per-thread nice)."""
+    if sys.platform.startswith("linux"):  # elsewhere the id would name a process
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except OSError:
+            pass

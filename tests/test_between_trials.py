@@ -83,6 +83,23 @@ def test_uploader_runs_jobs_in_order_and_survives_a_failing_one():
     assert uploader.pending() == 0
 
 
+def test_held_uploads_wait_for_go_and_drain_lets_them_run():
+    uploader = Uploader()
+    done: list[str] = []
+    uploader.hold()
+    uploader.submit("held", lambda: done.append("held"))
+    uploader.submit("second", lambda: done.append("second"))
+    assert uploader.drain(timeout=5) is True  # drain lets held jobs go
+    assert done == ["held", "second"]
+    uploader.hold()
+    uploader.submit("third", lambda: done.append("third"))
+    threading.Event().wait(0.3)
+    assert done == ["held", "second"]  # still held
+    uploader.go()
+    assert uploader.drain(timeout=5) is True
+    assert done == ["held", "second", "third"]
+
+
 def test_every_trial_run_is_closed_with_its_artifacts_after_the_search(stores):
     storage, client = stores
     spec = parse_study(
