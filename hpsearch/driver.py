@@ -307,10 +307,10 @@ UPLOAD_WAIT_S = 300.0
 
 def _finish_uploads(uploader: Uploader, echo: Callable[[str], None]) -> None:
     """Wait for the last trials' artifacts and run closings, then retry what failed."""
-    if uploader.pending():
+    if not uploader.drain(2.0):  # say so only when it takes a while
         echo(f"waiting for {uploader.pending()} background upload(s) to finish")
-    if not uploader.drain(UPLOAD_WAIT_S):
-        echo(f"background uploads still running after {UPLOAD_WAIT_S:g}s; leaving them")
+        if not uploader.drain(UPLOAD_WAIT_S):
+            echo(f"background uploads still running after {UPLOAD_WAIT_S:g}s; leaving them")
     close_unclosed_runs()
 
 
