@@ -296,9 +296,14 @@ def run_search(
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        _finish_uploads(objective.uploader, echo)
-        finish_parent(study, parent, "KILLED" if interrupted else "FINISHED")
-        thaw_startup_objects()
+        objective.uploader.go()  # the last uploads run while the summary is drawn
+        status = "KILLED" if interrupted else "FINISHED"
+        try:
+            uploads = lambda: _finish_uploads(objective.uploader, echo)  # noqa: E731
+            finish_parent(study, parent, status, before_logging=uploads)
+        finally:
+            _finish_uploads(objective.uploader, echo)  # at once when done already
+            thaw_startup_objects()
     return _outcome(study, parent, interrupted)
 
 
@@ -359,10 +364,19 @@ def _taken(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=states))
 
 
-def finish_parent(study: optuna.Study, parent: StudyRun, status: str) -> None:
-    """Write the summary; close the parent run unless other workers are still running."""
+def finish_parent(
+    study: optuna.Study,
+    parent: StudyRun,
+    status: str,
+    before_logging: Callable[[], None] | None = None,
+) -> None:
+    """Write the summary; close the parent run unless other workers are still running.
+
+    ``before_logging`` runs between drawing the summary and logging it (the driver
+    waits there for its last background uploads, which ran meanwhile).
+    """
     optuna.storages.fail_stale_trials(study)
-    _log_summary(study, parent)
+    _log_summary(study, parent, before_logging)
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     if status != "FINISHED" or not running:
         parent.close(status)
@@ -408,7 +422,9 @@ def _study_params(spec: StudyFile) -> dict[str, str]:
     }
 
 
-def _log_summary(study: optuna.Study, parent: StudyRun) -> None:
+def _log_summary(
+    study: optuna.Study, parent: StudyRun, before_logging: Callable[[], None] | None = None
+) -> None:
     metrics, tags = {}, {}
     if completed(study):
         best = study.best_trial
@@ -419,6 +435,8 @@ def _log_summary(study: optuna.Study, parent: StudyRun) -> None:
         }
     with tempfile.TemporaryDirectory(prefix="hpsearch-study-") as tmp:
         write_summary(study, Path(tmp))
+        if before_logging is not None:
+            before_logging()
         parent.log_summary(metrics, tags, Path(tmp))
 
 

@@ -56,6 +56,7 @@ from hpsearch.driver import (
 from hpsearch.errors import ConfigError, HpsearchError, failure_reason
 from hpsearch.progress import StudyProgress
 from hpsearch.redact import hide_password, redact_logs
+from hpsearch.session import release_trial_state
 from hpsearch.study import EPOCH_METRIC, Factor, StudyFile
 from hpsearch.tracking import (
     StudyRun,
@@ -364,7 +365,7 @@ class TrackedTuner(keras_tuner.Tuner):
                     self.fatal = lost  # the search stops before the next trial
             raise
         finally:
-            keras.backend.clear_session()
+            release_trial_state()
         self.failures_in_a_row = 0
         metric = self.study.objective.metric
         value = float(np.mean([result.final_metrics()[metric] for _, result, _ in results]))
