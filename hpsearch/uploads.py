@@ -14,9 +14,7 @@ own retry lists (unclosed runs, unsent artifact folders) take it from there.
 from __future__ import annotations
 
 import logging
-import os
 import queue
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -67,7 +65,6 @@ class Uploader:
         return True
 
     def _work(self) -> None:
-        _lower_priority()
         while True:
             what, job = self._jobs.get()
             self._open.wait()
@@ -79,11 +76,3 @@ class Uploader:
             finally:
                 self._jobs.task_done()
 
-
-def _lower_priority() -> None:
-    """Let this thread have only the CPU that training leaves idle (Linux: per-thread nice)."""
-    if sys.platform.startswith("linux"):  # elsewhere the id would name a process
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-        except OSError:
-            pass
