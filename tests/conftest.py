@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +24,57 @@ def parents_and_children(client, experiment_name: str):
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     return parents, children
+
+
+# what every trial's MLflow run holds
+TRIAL_ARTIFACTS = {
+    "training_curves.png",
+    "confusion_matrix.png",
+    "model_summary.txt",
+    "config.yaml",
+    "model.keras",
+}
+
+
+def command(*args: str) -> list[str]:
+    """The ``hpsearch`` command line, run with this interpreter."""
+    return [sys.executable, "-m", "hpsearch.cli", *args]
+
+
+def environment() -> dict[str, str]:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def interrupt_during_trial(
+    args: list[str], cwd: Path, marker: str, wait_s: float
+) -> tuple[int, str]:
+    """Start ``args``, Ctrl-C it ``wait_s`` after the line with ``marker``; (exit code, output)."""
+    process = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=cwd, env=environment(),
+    )  # fmt: skip
+    for line in process.stdout:
+        if marker in line:
+            break
+    time.sleep(wait_s)  # the next trial is training now
+    process.send_signal(signal.SIGINT)
+    rest = process.communicate(timeout=120)[0]
+    return process.returncode, rest
+
+
+@pytest.fixture
+def stores(tmp_path, monkeypatch):
+    """A fresh SQLite Optuna storage and local MLflow store, made current (artifacts in tmp)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    monkeypatch.chdir(tmp_path)  # a SQLite MLflow store keeps its artifacts in ./mlruns
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    yield f"sqlite:///{tmp_path / 'optuna.db'}", MlflowClient()
+    mlflow.set_tracking_uri(previous)
 
 
 def free_port() -> int:

@@ -6,11 +6,9 @@ import gc
 import threading
 
 import keras
-import mlflow
 import optuna
 import pytest
-from conftest import parents_and_children
-from mlflow import MlflowClient
+from conftest import TRIAL_ARTIFACTS, parents_and_children
 
 from hpsearch.config import DataSpec, make_config
 from hpsearch.driver import StaleTrialHandler, run_search
@@ -19,23 +17,6 @@ from hpsearch.session import release_trial_state
 from hpsearch.study import parse_study
 from hpsearch.trial import load_splits
 from hpsearch.uploads import Uploader
-
-ARTIFACTS = {
-    "training_curves.png",
-    "confusion_matrix.png",
-    "model_summary.txt",
-    "config.yaml",
-    "model.keras",
-}
-
-
-@pytest.fixture
-def stores(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    yield f"sqlite:///{tmp_path / 'optuna.db'}", MlflowClient()
-    mlflow.set_tracking_uri(previous)
 
 
 def _live_graphs() -> int:
@@ -119,7 +100,7 @@ def test_every_trial_run_is_closed_with_its_artifacts_after_the_search(stores):
     for run in children:
         assert run.info.status == "FINISHED"
         assert run.data.tags["hpsearch.outcome"] == "completed"
-        assert {a.path for a in client.list_artifacts(run.info.run_id)} == ARTIFACTS
+        assert {a.path for a in client.list_artifacts(run.info.run_id)} == TRIAL_ARTIFACTS
     best = client.download_artifacts(outcome.best_run_id, "model.keras")
     model = keras.saving.load_model(best)
     splits, _ = load_splits(spec.data)

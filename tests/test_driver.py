@@ -6,25 +6,12 @@ import itertools
 import math
 
 import keras
-import mlflow
 import optuna
-import pytest
 from conftest import parents_and_children
-from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from hpsearch.driver import run_search
 from hpsearch.study import parse_study
-
-
-@pytest.fixture
-def stores(tmp_path, monkeypatch):
-    """A fresh SQLite Optuna storage and local MLflow store, made current."""
-    monkeypatch.chdir(tmp_path)  # a SQLite MLflow store keeps artifacts in ./mlruns
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    yield f"sqlite:///{tmp_path / 'optuna.db'}", MlflowClient()
-    mlflow.set_tracking_uri(previous)
 
 
 def tiny_study(name: str, **settings) -> dict:

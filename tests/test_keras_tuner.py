@@ -9,15 +9,12 @@ naming the choices.
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import optuna
 import pytest
+from conftest import command, environment, interrupt_during_trial
 from mlflow import MlflowClient
 
 from hpsearch.config import DataSpec, TrialConfig
@@ -38,16 +35,6 @@ space:
   dropout: {{choices: [none, 0.2]}}
 """
 ENGINE_TAGS = ("keras_tuner.", "hpsearch.engine")  # what only the keras_tuner engine adds
-
-
-def command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "hpsearch.cli", *args]
-
-
-def environment() -> dict[str, str]:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return env
 
 
 def hpsearch(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -294,17 +281,8 @@ def test_interrupted_keras_tuner_search_resumes_and_grows(mlflow_server, tmp_pat
     )
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     args = command("search", str(study), "--storage", storage, "--tracking-uri", mlflow_server)
-    process = subprocess.Popen(
-        args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        cwd=tmp_path, env=environment(),
-    )  # fmt: skip
-    for line in process.stdout:
-        if "[resume_kt] trial 0" in line:
-            break
-    time.sleep(2)  # trial 1 is training now
-    process.send_signal(signal.SIGINT)
-    rest = process.communicate(timeout=120)[0]
-    assert process.returncode == 130, rest[-3000:]
+    returncode, rest = interrupt_during_trial(args, tmp_path, "[resume_kt] trial 0", wait_s=2)
+    assert returncode == 130, rest[-3000:]
     assert "interrupted" in rest
 
     client = MlflowClient(tracking_uri=mlflow_server)
@@ -336,18 +314,6 @@ def test_interrupted_keras_tuner_search_resumes_and_grows(mlflow_server, tmp_pat
     killed = [c for c in children if c.info.status == "KILLED"]
     assert len(killed) == 1 and killed[0].data.tags["hpsearch.failure_reason"] == "interrupted"
     assert sorted(int(c.data.tags["optuna.trial_number"]) for c in children) == list(range(5))
-
-
-@pytest.fixture
-def stores(tmp_path, monkeypatch):
-    """A fresh SQLite Optuna storage and local MLflow store, made current (artifacts in tmp)."""
-    import mlflow
-
-    monkeypatch.chdir(tmp_path)  # a SQLite store keeps its artifacts in ./mlruns
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    yield f"sqlite:///{tmp_path / 'optuna.db'}", MlflowClient()
-    mlflow.set_tracking_uri(previous)
 
 
 def tiny(name: str, sampler: dict, space: dict, **settings) -> dict:

@@ -2,32 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import optuna
 import pytest
-from conftest import parents_and_children
+from conftest import command, environment, interrupt_during_trial, parents_and_children
 from mlflow import MlflowClient
 
 from hpsearch.config import DataSpec, TrialConfig
 
 ROOT = Path(__file__).parents[1]
 OUTCOME = {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "failed"}
-
-
-def command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "hpsearch.cli", *args]
-
-
-def environment() -> dict[str, str]:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return env
 
 
 def test_smoke_study_gives_one_parent_and_one_child_per_trial(mlflow_server, tmp_path):
@@ -84,17 +71,8 @@ def test_interrupt_then_resume_keeps_trial_numbers_and_parent(mlflow_server, tmp
     )
     args = command("search", str(study), "--storage", f"sqlite:///{tmp_path / 'optuna.db'}",
                    "--tracking-uri", mlflow_server)  # fmt: skip
-    process = subprocess.Popen(
-        args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        cwd=tmp_path, env=environment(),
-    )  # fmt: skip
-    for line in process.stdout:
-        if "[resume] trial 0" in line:
-            break
-    time.sleep(3)  # trial 1 is training now
-    process.send_signal(signal.SIGINT)
-    rest = process.communicate(timeout=120)[0]
-    assert process.returncode == 130, rest[-3000:]
+    returncode, rest = interrupt_during_trial(args, tmp_path, "[resume] trial 0", wait_s=3)
+    assert returncode == 130, rest[-3000:]
     assert "interrupted" in rest
 
     client = MlflowClient(tracking_uri=mlflow_server)

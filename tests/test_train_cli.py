@@ -8,18 +8,12 @@ import subprocess
 import sys
 
 import pytest
+from conftest import TRIAL_ARTIFACTS
 from mlflow import MlflowClient
 
 from hpsearch.config import DataSpec, TrialConfig
 
 EPOCH_METRICS = {"loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"}
-ARTIFACTS = {
-    "training_curves.png",
-    "confusion_matrix.png",
-    "model_summary.txt",
-    "config.yaml",
-    "model.keras",
-}
 
 
 def hpsearch(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -82,7 +76,7 @@ def test_train_logs_final_metrics_artifacts_and_outcome(trained):
     assert run.data.tags["hpsearch.outcome"] == "completed"
     assert len(run.data.tags["hpsearch.data_fingerprint"]) == 16
     logged = {item.path for item in client.list_artifacts(run.info.run_id)}
-    assert ARTIFACTS <= logged
+    assert TRIAL_ARTIFACTS <= logged
     assert f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}" in stdout
 
 
