@@ -47,18 +47,19 @@ def environment() -> dict[str, str]:
     return env
 
 
-def interrupt_during_trial(
-    args: list[str], cwd: Path, marker: str, wait_s: float
-) -> tuple[int, str]:
-    """Start ``args``, Ctrl-C it ``wait_s`` after the line with ``marker``; (exit code, output)."""
+def interrupt_during_trial(args: list[str], cwd: Path, marker: str) -> tuple[int, str]:
+    """Start ``args``; Ctrl-C it as the next trial starts its second epoch after the line with
+    ``marker`` (so that trial is inside ``fit``, whatever the machine's speed); returns the
+    exit code and the output after that point."""
     process = subprocess.Popen(
         args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         cwd=cwd, env=environment(),
     )  # fmt: skip
+    seen = False
     for line in process.stdout:
-        if marker in line:
+        seen = seen or marker in line
+        if seen and line.startswith("Epoch 2/"):  # Keras prints it as the epoch begins
             break
-    time.sleep(wait_s)  # the next trial is training now
     process.send_signal(signal.SIGINT)
     rest = process.communicate(timeout=120)[0]
     return process.returncode, rest

@@ -281,7 +281,7 @@ def test_interrupted_keras_tuner_search_resumes_and_grows(mlflow_server, tmp_pat
     )
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     args = command("search", str(study), "--storage", storage, "--tracking-uri", mlflow_server)
-    returncode, rest = interrupt_during_trial(args, tmp_path, "[resume_kt] trial 0", wait_s=2)
+    returncode, rest = interrupt_during_trial(args, tmp_path, "[resume_kt] trial 0")
     assert returncode == 130, rest[-3000:]
     assert "interrupted" in rest
 

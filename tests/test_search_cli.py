@@ -71,7 +71,7 @@ def test_interrupt_then_resume_keeps_trial_numbers_and_parent(mlflow_server, tmp
     )
     args = command("search", str(study), "--storage", f"sqlite:///{tmp_path / 'optuna.db'}",
                    "--tracking-uri", mlflow_server)  # fmt: skip
-    returncode, rest = interrupt_during_trial(args, tmp_path, "[resume] trial 0", wait_s=3)
+    returncode, rest = interrupt_during_trial(args, tmp_path, "[resume] trial 0")
     assert returncode == 130, rest[-3000:]
     assert "interrupted" in rest
 
