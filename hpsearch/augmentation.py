@@ -118,6 +118,12 @@ def in_model_layers(augmentation: Sequence[str], seed: int) -> list[keras.layers
         )
     if "gridmask" in augmentation:
         layers.append(GridMask(seed=seed + 4, name="gridmask"))
+    if keras.backend.backend() == "jax":
+        # Keras marks shift and zoom as not XLA-compilable because TensorFlow's projective
+        # transform op is not; JAX's affine transform is plain jnp and compiles. Unmarked,
+        # one such layer makes the JAX trainer run the whole train step eagerly, op by op.
+        for layer in layers:
+            layer.supports_jit = True
     return layers
 
 

@@ -1,7 +1,8 @@
 """The model builder: the reference CNN family, every factor applied.
 
 Networks (SPEC.md): 3x3 "same" convolutions, 2x2 max-pooling, filters
-doubling after each pooling, a softmax dense output.
+doubling after each pooling, a softmax dense output. ``width`` multiplies
+every block's filters (1 gives the reference networks).
 
 * baseline1: conv32 -> pool -> conv64 -> pool -> dense
 * baseline2: [conv32 x2] -> pool -> [conv64 x2] -> pool -> [conv128 x2] -> pool -> dense
@@ -65,7 +66,7 @@ def build_network(
     rates = config.dropout_rates()
     for block, (filters, convs) in enumerate(ARCHITECTURES[config.architecture], start=1):
         for index in range(1, convs + 1):
-            x = _conv_unit(x, filters, config, name=f"block{block}_{index}")
+            x = _conv_unit(x, filters * config.width, config, name=f"block{block}_{index}")
         x = keras.layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
         if rates[block - 1] > 0:
             x = keras.layers.Dropout(rates[block - 1], name=f"block{block}_dropout")(x)
@@ -93,7 +94,8 @@ def build_model(
         optimizer=build_optimizer(config, steps_per_epoch),
         loss="categorical_crossentropy",
         metrics=["accuracy"],
-        jit_compile=config.jit_compile,
+        # JAX has no graph mode: without XLA it runs every op eagerly, one by one.
+        jit_compile=config.jit_compile or keras.backend.backend() == "jax",
     )
     return model
 

@@ -59,6 +59,8 @@ class TrialConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
     architecture: Architecture = "baseline2"
+    # Multiplies every block's filters (1: the reference networks; beyond the study).
+    width: int = Field(default=1, ge=1, le=8, description="filter multiplier, 1 to 8")
     batch_norm: BatchNorm = "none"  # "before" = conv -> BN -> activation
     activation: Activation = "relu"
     kernel_initializer: Initializer = "glorot_uniform"

@@ -39,6 +39,12 @@ def test_architectures_have_the_reference_convolutions(architecture, filters):
     assert model.layers[-1].activation.__name__ == "softmax"
 
 
+def test_width_multiplies_every_blocks_filters():
+    model = network(architecture="baseline2", width=2)
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [c.filters for c in convs] == [64, 64, 128, 128, 256, 256]
+
+
 @pytest.mark.parametrize(
     ("placement", "order"),
     [

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Issue 6's GPU measurements in one go, on a GPU machine that has JAX but no TensorFlow.
+# Run from the repository root with $OUT set (results land there), the wheels that machine
+# lacks in .whl/ (keras, optree, namex, pydantic and its needs) and the CIFAR-10 archive in
+# data/:
+#     bash benchmarks/device_check.sh
+# Each step has its own time limit, so one that overruns does not cost the others.
+set -u
+OUT=${OUT:-/tmp/device-out}
+mkdir -p "$OUT" /tmp/site
+WHEELS=${WHEELS:-.whl}  # WHEELS=none where everything is installed
+if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site "$WHEELS"/*.whl || exit 1
+fi
+export KERAS_BACKEND=jax PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD
+export HPSEARCH_RESULTS=$OUT/RESULTS-gpu.md
+DATA=${DATA:-data/cifar10-jpeg.tar.gz}
+# SMALL=1: a few images and epochs, to check the script itself on a CPU.
+if [ "${SMALL:-0}" = 1 ]; then
+  PIPE=(--images 512 --epochs 1) RUN=(--limit 300 --epochs 2) WIDE=(--limit 300 --epochs 2)
+else
+  PIPE=(--images 20000 --epochs 2) RUN=(--epochs 30 --budget 100) WIDE=(--epochs 40 --budget 160)
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import jax, keras; print(jax.__version__, jax.devices(), keras.__version__)" \
+  2>&1 | tee -a "$OUT/gpu.txt"
+
+step() {  # step NAME SECONDS COMMAND...
+  local name=$1 limit=$2
+  shift 2
+  local started=$SECONDS
+  timeout "$limit" "$@" 2>&1 | grep -v "^$" > "$OUT/$name.log"
+  echo "$name: exit ${PIPESTATUS[0]} after $((SECONDS - started)) s" | tee -a "$OUT/steps.txt"
+}
+
+# End to end on the GPU: plain, in-model augmentation, ImageDataGenerator feeding fit.
+step pipeline 120 python3 benchmarks/input_pipeline.py --data-dir "$DATA" --end-to-end-only \
+  "${PIPE[@]}" --precision mixed_bfloat16 --jit-compile
+# The reference study's combined configuration with standard augmentation, cosine, bf16, XLA.
+step combined 130 python3 benchmarks/gpu_run.py --data-dir "$DATA" "${RUN[@]}"
+# The same, four times as wide with lighter dropout: the best model.
+step wide 210 python3 benchmarks/gpu_run.py --data-dir "$DATA" "${WIDE[@]}" \
+  --set width=4 --set dropout=0.2/0.3/0.4
