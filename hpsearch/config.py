@@ -47,6 +47,7 @@ Optimizer = Literal[
 LrSchedule = Literal["constant", "cosine", "plateau"]
 Augmentation = Literal["standard", "cutout", "mixup", "cutmix", "gridmask"]
 Precision = Literal["float32", "mixed_float16", "mixed_bfloat16"]
+Monitor = Literal["val_loss", "val_accuracy"]
 
 #: Blocks (conv groups followed by pooling) per architecture; a per-block
 #: dropout list must have this many rates.
@@ -86,7 +87,9 @@ class TrialConfig(BaseModel):
         description="none, or any of standard, cutout, mixup, cutmix, gridmask joined by +",
     )
     epochs: int = Field(default=20, ge=1, le=10_000)  # maximum; early stopping may end sooner
-    patience: int = Field(default=3, ge=0)  # early stopping on validation loss
+    patience: int = Field(default=3, ge=0)  # early stopping on `monitor`
+    # What early stopping watches; the weights of its best epoch are the ones kept.
+    monitor: Monitor = "val_loss"
     seed: int = Field(default=0, ge=0)
     precision: Precision = "float32"
     jit_compile: bool = False

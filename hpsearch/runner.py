@@ -28,7 +28,7 @@ class TrialResult:
     model: keras.Model
     history: dict[str, list[float]]
     epochs_run: int
-    best_epoch: int  # 1-based epoch of the lowest validation loss (the weights kept)
+    best_epoch: int  # 1-based best epoch by config.monitor (the weights kept)
     best_val_accuracy: float
     best_val_loss: float
     fit_time_s: float
@@ -61,7 +61,7 @@ def _standard_callbacks(config: TrialConfig) -> list[keras.callbacks.Callback]:
     callbacks: list[keras.callbacks.Callback] = [
         keras.callbacks.TerminateOnNaN(),
         keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=config.patience, restore_best_weights=True
+            monitor=config.monitor, patience=config.patience, restore_best_weights=True
         ),
     ]
     if config.lr_schedule == "plateau":
@@ -154,7 +154,7 @@ def run_trial(
             [*_standard_callbacks(config), *callbacks],
             config.epochs, verbose, validation=(splits.x_val, splits.y_val),
         )  # fmt: skip
-        best = int(np.argmin(history["val_loss"]))
+        best = best_epoch_index(history, config.monitor)
         classes = splits.num_classes
         _, _, val_probabilities = evaluate(model, splits.x_val, splits.y_val, classes)
         test_metrics = {}
@@ -212,6 +212,12 @@ def train_final(
     finally:
         keras.config.set_dtype_policy("float32")
     return FinalResult(model, history, epochs, loss, accuracy, probabilities, fit_time)
+
+
+def best_epoch_index(history: dict[str, list[float]], monitor: str) -> int:
+    """0-based epoch whose weights early stopping keeps: lowest loss or highest accuracy."""
+    values = history[monitor]
+    return int(np.argmax(values) if monitor.endswith("accuracy") else np.argmin(values))
 
 
 def _check_finite(history: dict[str, list[float]], names: tuple[str, ...]) -> None:
