@@ -68,6 +68,8 @@ def main() -> None:
     parser.add_argument("--architecture", default="baseline1")
     parser.add_argument("--reduction-factor", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--bootstrap-count", type=int, default=0,
+                        help="trials a rung needs before it promotes any (the pruner's)")
     args = parser.parse_args()
     import mlflow
 
@@ -75,7 +77,8 @@ def main() -> None:
         mlflow.set_tracking_uri(f"sqlite:///{folder}/mlflow.db")
         pruned = run("tpe_hyperband", {"type": "tpe", "seed": args.seed},
                      {"type": "hyperband", "min_resource": 1,
-                      "reduction_factor": args.reduction_factor},
+                      "reduction_factor": args.reduction_factor,
+                      "bootstrap_count": args.bootstrap_count},
                      args, folder)  # fmt: skip
         plain = run("random_unpruned", {"type": "random", "seed": args.seed}, {"type": "none"},
                     args, folder)  # fmt: skip
@@ -89,7 +92,8 @@ def main() -> None:
     )
     body += (
         f"\n\n{args.architecture}; Hyperband reduction factor {args.reduction_factor}, "
-        f"1 to {args.epochs} epochs; sampler seed {args.seed}"
+        f"1 to {args.epochs} epochs, bootstrap count {args.bootstrap_count}; sampler seed "
+        f"{args.seed}"
     )
     record(f"Search efficiency: {args.trials} trials, up to {args.epochs} epochs, "
            f"{args.limit} CIFAR-10 images per split", body)  # fmt: skip

@@ -40,7 +40,9 @@ def make_pruner(study: StudyFile) -> optuna.pruners.BasePruner:
         )
     if spec.type == "successive_halving":
         return optuna.pruners.SuccessiveHalvingPruner(
-            min_resource=spec.min_resource, reduction_factor=spec.reduction_factor
+            min_resource=spec.min_resource,
+            reduction_factor=spec.reduction_factor,
+            bootstrap_count=spec.bootstrap_count,
         )
     if spec.type == "hyperband":
         epochs = study.fixed.get("epochs", TrialConfig.model_fields["epochs"].default)
@@ -48,5 +50,6 @@ def make_pruner(study: StudyFile) -> optuna.pruners.BasePruner:
             min_resource=1 if spec.min_resource == "auto" else spec.min_resource,
             max_resource=int(epochs) if "epochs" not in study.space else "auto",
             reduction_factor=spec.reduction_factor,
+            bootstrap_count=spec.bootstrap_count,
         )
     return optuna.pruners.NopPruner()

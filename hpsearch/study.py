@@ -76,6 +76,19 @@ class PrunerSpec(BaseModel):
     percentile: float = Field(default=25.0, gt=0, lt=100)  # percentile pruner
     min_resource: int | Literal["auto"] = "auto"  # successive_halving, hyperband (epochs)
     reduction_factor: int = Field(default=3, ge=2)
+    # successive_halving, hyperband: trials a rung needs before it promotes any; the first
+    # ones to reach it are pruned (0: the first trial at a rung is promoted).
+    bootstrap_count: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _bootstrap_needs_min_resource(self) -> PrunerSpec:
+        if self.bootstrap_count and self.type == "successive_halving":
+            if self.min_resource == "auto":
+                raise ValueError(
+                    "bootstrap_count needs a min_resource in epochs (not auto) for "
+                    "successive_halving"
+                )
+        return self
 
 
 Scalar = str | int | float | bool | None

@@ -10,6 +10,7 @@ from pathlib import Path
 import optuna
 import pytest
 
+from hpsearch.samplers import make_pruner
 from hpsearch.space import grid_size, suggest
 from hpsearch.study import load_study, parse_study
 
@@ -73,7 +74,29 @@ BAD_FILES = [
     ("bad_fixed", BASE + "fixed: {epochs: 0}\n", ["fixed", "epochs"]),
     ("grid_without_values", "name: bad\nsampler: {type: grid}\nspace: {learning_rate: {low: 0.001, high: 0.1}}\n", ["space.learning_rate", "grid"]),
     ("not_a_mapping", "- 1\n- 2\n", ["expected a mapping"]),
+    ("bootstrap_auto", BASE + "pruner: {type: successive_halving, bootstrap_count: 2}\n", ["pruner", "bootstrap_count", "min_resource"]),
 ]  # fmt: skip
+
+
+@pytest.mark.parametrize(("bootstrap", "first_two_pruned"), [(0, False), (2, True)])
+def test_bootstrap_count_prunes_the_first_trials_at_a_rung(bootstrap, first_two_pruned, tmp_path):
+    spec = parse_study(
+        {"name": "rungs", "n_trials": 3, "fixed": {"epochs": 9},
+         "pruner": {"type": "successive_halving", "min_resource": 1, "bootstrap_count": bootstrap}},
+        "rungs.yaml",
+    )  # fmt: skip
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        storage=f"sqlite:///{tmp_path / 'optuna.db'}", direction="maximize",
+        pruner=make_pruner(spec),
+    )  # fmt: skip
+    decisions = []
+    for value in (0.5, 0.6, 0.7):  # each the best so far at the first rung (epoch 1)
+        trial = study.ask()
+        trial.report(value, step=1)
+        decisions.append(trial.should_prune())
+        study.tell(trial, value)
+    assert decisions == [first_two_pruned, first_two_pruned, False]
 
 
 def hpsearch(*args: str, cwd: Path) -> subprocess.CompletedProcess:
