@@ -189,15 +189,31 @@ def find_parent(study: optuna.Study, spec: StudyFile, storage_url: str, created:
     return parent
 
 
-class _UploadsGo(keras.callbacks.Callback):
-    """Lets held background uploads run once the first epoch (and its tracing) is done."""
+class _UploadsDuringFit(keras.callbacks.Callback):
+    """Lets background uploads run only while ``fit`` trains past its first epoch.
+
+    The main thread then spends its time in the framework's kernels, without
+    the GIL; run anywhere else (tracing, between trials, building the next
+    model) the uploads would compete with it for the interpreter. Held again
+    at each epoch's end, before the pruner and the epoch logger run.
+    """
 
     def __init__(self, uploader: Uploader) -> None:
         super().__init__()
         self.uploader = uploader
+        self.epochs = 0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        if epoch >= 1:
+            self.uploader.go()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self.uploader.go()
+        self.uploader.hold()
+        self.epochs += 1
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        if self.epochs <= 1:  # a one-epoch trial: no later epoch to upload in
+            self.uploader.go()
 
 
 class _Objective:
@@ -219,7 +235,7 @@ class _Objective:
             trial.set_user_attr("fail_reason", self.last_failure)
             raise
         finally:
-            self.uploader.hold()  # this trial's uploads wait for the next trial's first epoch
+            self.uploader.hold()  # this trial's uploads wait for the next trial's second epoch
             release_trial_state()
 
     def _run(self, trial: optuna.Trial) -> float:
@@ -237,8 +253,8 @@ class _Objective:
             trial.set_user_attr("mlflow_run_id", run.run_id)
             config = make_config(values, f"trial {trial.number}")
             trial.set_user_attr("config", config.model_dump(mode="json"))
-            callbacks = list(self.extra_callbacks(trial)) if self.extra_callbacks else []
-            callbacks.append(_UploadsGo(self.uploader))
+            callbacks = [_UploadsDuringFit(self.uploader)]  # first: holds before the others
+            callbacks += list(self.extra_callbacks(trial)) if self.extra_callbacks else []
             if self.spec.pruner.type != "none":
                 from optuna_integration import KerasPruningCallback
 

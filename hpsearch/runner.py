@@ -163,6 +163,7 @@ def run_trial(
             test_metrics = {"test_loss": loss, "test_accuracy": accuracy}
     finally:
         keras.config.set_dtype_policy("float32")
+    release_traced_functions(model)
     return TrialResult(
         model=model,
         history=history,
@@ -212,6 +213,16 @@ def train_final(
     finally:
         keras.config.set_dtype_policy("float32")
     return FinalResult(model, history, epochs, loss, accuracy, probabilities, fit_time)
+
+
+def release_traced_functions(model: keras.Model) -> None:
+    """Drop the model's traced train/test/predict functions (Keras traces again if needed).
+
+    They hold the traced graphs, a large object graph that the garbage collector
+    would otherwise walk through as long as the model lives: the trial's
+    artifacts keep the model until they are uploaded, during the next trial.
+    """
+    model.train_function = model.test_function = model.predict_function = None
 
 
 def best_epoch_index(history: dict[str, list[float]], monitor: str) -> int:

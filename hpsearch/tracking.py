@@ -108,7 +108,10 @@ class TrialRun:
         tags = dict(tags or {})
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
-            exp_id = self.client.get_run(parent_run_id).info.experiment_id
+            if parent_run_id not in _EXPERIMENT_OF_RUN:
+                run = self.client.get_run(parent_run_id)
+                _EXPERIMENT_OF_RUN[parent_run_id] = run.info.experiment_id
+            exp_id = _EXPERIMENT_OF_RUN[parent_run_id]
         else:
             exp_id = experiment_id(self.client, experiment)
         run = self.client.create_run(exp_id, run_name=run_name, tags=tags)
@@ -156,15 +159,15 @@ class TrialRun:
         else:
             self.uploader.submit(what, lambda: job(*args))
 
-    def log_params(self, params: Mapping[str, str]) -> None:
-        from mlflow.entities import Param
+    def log_params(self, params: Mapping[str, str], tags: Mapping[str, str] | None = None) -> None:
+        """Params (and tags) in one call; on the uploader's thread when there is one."""
+        from mlflow.entities import Param, RunTag
 
-        self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
-
-    def set_tags(self, tags: Mapping[str, str]) -> None:
-        from mlflow.entities import RunTag
-
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        batch = {
+            "params": [Param(k, str(v)) for k, v in params.items()],
+            "tags": [RunTag(k, str(v)) for k, v in (tags or {}).items()],
+        }
+        self._later(f"params of run {self.run_id}", _log_batch, self.client, self.run_id, batch)
 
     def log_metrics(self, metrics: Mapping[str, float]) -> None:
         from mlflow.entities import Metric
@@ -207,7 +210,8 @@ class TrialRun:
 
         now = int(time.time() * 1000)
         metrics = [Metric(k, float(v), now, 0) for k, v in result.final_metrics().items()]
-        self.client.log_batch(self.run_id, metrics=metrics)
+        self._later(f"metrics of run {self.run_id}", _log_batch, self.client, self.run_id,
+                    {"metrics": metrics})  # fmt: skip
         folder = Path(tempfile.mkdtemp(prefix="hpsearch-"))
         artifacts = _TrialArtifacts.of(result, config, splits)
         self._later(f"artifacts of run {self.run_id}", _send_artifacts, self.client,
@@ -216,6 +220,17 @@ class TrialRun:
 
 _UNCLOSED: dict[str, tuple[str, dict[str, str]]] = {}  # run id -> (status, tags)
 _UNSENT: dict[str, Path] = {}  # run id -> folder of artifacts whose upload failed
+_UNLOGGED: dict[str, list[dict]] = {}  # run id -> log_batch arguments whose call failed
+_EXPERIMENT_OF_RUN: dict[str, str] = {}  # parent run id -> its experiment id
+
+
+def _log_batch(client: MlflowClient, run_id: str, batch: dict) -> None:
+    """``client.log_batch(run_id, **batch)``; kept for a retry if that fails."""
+    try:
+        client.log_batch(run_id, **batch)
+    except Exception:
+        _UNLOGGED.setdefault(run_id, []).append(batch)  # sent again by close_unclosed_runs
+        raise
 
 
 def _send_artifacts(
@@ -247,8 +262,16 @@ def close_unclosed_runs() -> int:
     """Close the runs whose closing failed earlier; returns how many are still open."""
     from mlflow import MlflowClient
 
-    if _UNSENT or _UNCLOSED:
+    if _UNSENT or _UNCLOSED or _UNLOGGED:
         client = MlflowClient()
+        for run_id, batches in list(_UNLOGGED.items()):
+            try:
+                while batches:
+                    client.log_batch(run_id, **batches[0])
+                    batches.pop(0)
+            except Exception:  # noqa: BLE001 - still away: try again next time
+                continue
+            _UNLOGGED.pop(run_id, None)
         for run_id, folder in list(_UNSENT.items()):
             try:
                 client.log_artifacts(run_id, str(folder))
@@ -411,15 +434,13 @@ class _TrialArtifacts:
     class_names: tuple[str, ...]
     best_epoch: int
     config_yaml: str
-    model_summary: str
+    model: keras.Model  # the trained model, augmentation layers included (its summary)
     network: keras.Model  # the inference network, augmentation layers removed
 
     @classmethod
     def of(cls, result: TrialResult, config: TrialConfig, splits: Splits) -> _TrialArtifacts:
         from hpsearch.builder import inference_model
 
-        summary = io.StringIO()
-        result.model.summary(print_fn=lambda line, **_: summary.write(line + "\n"))
         return cls(
             history=result.history,
             val_labels=splits.y_val,
@@ -427,7 +448,7 @@ class _TrialArtifacts:
             class_names=tuple(splits.class_names),
             best_epoch=result.best_epoch,
             config_yaml=config.to_yaml(),
-            model_summary=summary.getvalue(),
+            model=result.model,
             network=inference_model(result.model, config),
         )
 
@@ -435,7 +456,9 @@ class _TrialArtifacts:
         """Curves, validation confusion matrix, model summary, config, model."""
         from hpsearch.plots import save_confusion_matrix, save_training_curves
 
-        (folder / "model_summary.txt").write_text(self.model_summary)
+        summary = io.StringIO()
+        self.model.summary(print_fn=lambda line, **_: summary.write(line + "\n"))
+        (folder / "model_summary.txt").write_text(summary.getvalue())
         (folder / "config.yaml").write_text(self.config_yaml)
         self.network.save(folder / "model.keras")
         return [

@@ -38,8 +38,8 @@ def tracked_trial(
     """Run ``config`` on ``splits``, recording everything on ``run`` when one is given."""
     callbacks = list(callbacks)
     if run is not None:
-        run.log_params({**config.to_params(), **spec.to_params()})
-        run.set_tags({"hpsearch.data_fingerprint": fingerprint})
+        params = {**config.to_params(), **spec.to_params()}
+        run.log_params(params, tags={"hpsearch.data_fingerprint": fingerprint})
         callbacks.insert(0, run.epoch_logger())  # before a pruner ends the epoch
     result = run_trial(config, splits, callbacks, evaluate_test=evaluate_test, verbose=verbose)
     if run is not None:
