@@ -33,7 +33,6 @@ class TrialResult:
     best_val_loss: float
     fit_time_s: float
     wall_time_s: float
-    val_predictions: np.ndarray  # predicted class per validation sample, with the kept weights
     test_metrics: dict[str, float] = field(default_factory=dict)
 
     def final_metrics(self) -> dict[str, float]:
@@ -155,11 +154,9 @@ def run_trial(
             config.epochs, verbose, validation=(splits.x_val, splits.y_val),
         )  # fmt: skip
         best = best_epoch_index(history, config.monitor)
-        classes = splits.num_classes
-        _, _, val_probabilities = evaluate(model, splits.x_val, splits.y_val, classes)
         test_metrics = {}
         if evaluate_test:
-            loss, accuracy, _ = evaluate(model, splits.x_test, splits.y_test, classes)
+            loss, accuracy, _ = evaluate(model, splits.x_test, splits.y_test, splits.num_classes)
             test_metrics = {"test_loss": loss, "test_accuracy": accuracy}
     finally:
         keras.config.set_dtype_policy("float32")
@@ -173,7 +170,6 @@ def run_trial(
         best_val_loss=history["val_loss"][best],
         fit_time_s=fit_time,
         wall_time_s=time.perf_counter() - started,
-        val_predictions=np.argmax(val_probabilities, axis=1),
         test_metrics=test_metrics,
     )
 

@@ -424,13 +424,14 @@ def link_project_run(study_run_id: str) -> None:
 class _TrialArtifacts:
     """What a trial's artifacts are made of, taken from the trial as it ends.
 
-    The figures are drawn and the files written from this, possibly on the
-    uploader's thread while the next trial already trains.
+    The validation predictions behind the confusion matrix are made, the
+    figures drawn and the files written from this, possibly on the uploader's
+    thread while the next trial already trains.
     """
 
     history: dict[str, list[float]]
+    val_images: np.ndarray
     val_labels: np.ndarray
-    val_predictions: np.ndarray
     class_names: tuple[str, ...]
     best_epoch: int
     config_yaml: str
@@ -443,8 +444,8 @@ class _TrialArtifacts:
 
         return cls(
             history=result.history,
+            val_images=splits.x_val,
             val_labels=splits.y_val,
-            val_predictions=result.val_predictions,
             class_names=tuple(splits.class_names),
             best_epoch=result.best_epoch,
             config_yaml=config.to_yaml(),
@@ -455,6 +456,7 @@ class _TrialArtifacts:
     def write(self, folder: Path) -> list[Path]:
         """Curves, validation confusion matrix, model summary, config, model."""
         from hpsearch.plots import save_confusion_matrix, save_training_curves
+        from hpsearch.runner import predict
 
         summary = io.StringIO()
         self.model.summary(print_fn=lambda line, **_: summary.write(line + "\n"))
@@ -465,7 +467,7 @@ class _TrialArtifacts:
             save_training_curves(self.history, folder / "training_curves.png"),
             save_confusion_matrix(
                 self.val_labels,
-                self.val_predictions,
+                np.argmax(predict(self.network, self.val_images), axis=1),  # the kept weights
                 self.class_names,
                 folder / "confusion_matrix.png",
                 title=f"validation (best epoch {self.best_epoch})",
