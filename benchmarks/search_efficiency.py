@@ -53,7 +53,7 @@ def run(name: str, sampler: dict, pruner: dict, args, folder: str) -> list[objec
     run_search(spec, storage, echo=print, verbose=0)
     wall = time.perf_counter() - started
     trials = optuna.load_study(study_name=name, storage=storage).trials
-    epochs = sum(t.user_attrs.get("epochs_run") or (t.last_step or 0) + 1 for t in trials)
+    epochs = sum(t.user_attrs.get("epochs_run") or t.last_step or 0 for t in trials)
     pruned = sum(t.state.name == "PRUNED" for t in trials)
     best = max(t.value for t in trials if t.value is not None)
     return [name, len(trials), pruned, epochs, f"{wall:.0f}", f"{best:.4f}"]

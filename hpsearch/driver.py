@@ -256,10 +256,10 @@ class _Objective:
             callbacks = [_UploadsDuringFit(self.uploader)]  # first: holds before the others
             callbacks += list(self.extra_callbacks(trial)) if self.extra_callbacks else []
             if self.spec.pruner.type != "none":
-                from optuna_integration import KerasPruningCallback
+                from hpsearch.pruning import EpochPruningCallback
 
                 monitor = EPOCH_METRIC[self.spec.objective.metric]
-                callbacks.append(KerasPruningCallback(trial, monitor))
+                callbacks.append(EpochPruningCallback(trial, monitor))
             try:
                 result = tracked_trial(
                     config, self.spec.data, self.splits, run, self.fingerprint,

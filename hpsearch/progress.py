@@ -30,7 +30,7 @@ class StudyProgress:
         elif trial.state == TrialState.FAIL:
             outcome += f" ({trial.user_attrs.get('fail_reason', 'unknown')})"
         elif trial.state == TrialState.PRUNED:
-            outcome += f" after epoch {trial.last_step + 1}"
+            outcome += f" after epoch {trial.last_step}"  # steps are epochs trained
         seconds = (trial.datetime_complete - trial.datetime_start).total_seconds()
         of = f"/{self.target}" if self.target else ""
         summary = ", ".join(f"{n} {k}" for k, n in counts.items())

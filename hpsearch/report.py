@@ -58,7 +58,7 @@ def rows_of(study: optuna.Study) -> list[Row]:
             value = max(trial.intermediate_values.values())
         epochs = trial.user_attrs.get("epochs_run")
         if epochs is None and trial.last_step is not None:
-            epochs = trial.last_step + 1
+            epochs = trial.last_step  # steps are epochs trained
         wall = trial.user_attrs.get("wall_time_s")
         if wall is None and trial.datetime_complete and trial.datetime_start:
             wall = (trial.datetime_complete - trial.datetime_start).total_seconds()

@@ -28,3 +28,39 @@ def test_the_kept_weights_are_those_of_the_monitors_best_epoch(splits, monitor):
     loss, accuracy, _ = evaluate(result.model, splits.x_val, splits.y_val, splits.num_classes)
     assert accuracy == pytest.approx(accuracies[best], abs=1e-6)
     assert loss == pytest.approx(losses[best], rel=1e-3)
+
+
+def test_pruning_steps_are_epochs_trained(splits, tmp_path):
+    import optuna
+
+    from hpsearch.pruning import EpochPruningCallback
+    from hpsearch.samplers import make_pruner
+    from hpsearch.study import parse_study
+
+    spec = parse_study(
+        {"name": "steps", "n_trials": 2, "fixed": {"epochs": 3},
+         "pruner": {"type": "successive_halving", "min_resource": 1}},
+        "steps.yaml",
+    )  # fmt: skip
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        storage=f"sqlite:///{tmp_path / 'optuna.db'}", direction="maximize",
+        pruner=make_pruner(spec),
+    )  # fmt: skip
+    outcomes = []
+    for rate in (0.01, 1e-7):  # a learner, then a trial that cannot learn
+        trial = study.ask()
+        config = make_config({"architecture": "baseline1", "epochs": 3, "patience": 3,
+                              "learning_rate": rate})  # fmt: skip
+        try:
+            run_trial(config, splits, [EpochPruningCallback(trial, "val_accuracy")], verbose=0)
+            study.tell(trial, 0.0)
+            outcomes.append("complete")
+        except optuna.TrialPruned:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            outcomes.append("pruned")
+    first, second = study.trials
+    # The first trial is alone at every rung, so promoted; the second is pruned at the first.
+    assert outcomes == ["complete", "pruned"]
+    assert sorted(first.intermediate_values) == [1, 2, 3]
+    assert second.last_step == 1  # pruned at the first rung: after 1 epoch, not 2
