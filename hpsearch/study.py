@@ -82,12 +82,11 @@ class PrunerSpec(BaseModel):
 
     @model_validator(mode="after")
     def _bootstrap_needs_min_resource(self) -> PrunerSpec:
-        if self.bootstrap_count and self.type == "successive_halving":
-            if self.min_resource == "auto":
-                raise ValueError(
-                    "bootstrap_count needs a min_resource in epochs (not auto) for "
-                    "successive_halving"
-                )
+        auto = self.min_resource == "auto"
+        if self.bootstrap_count and self.type == "successive_halving" and auto:
+            raise ValueError(
+                "bootstrap_count needs a min_resource in epochs (not auto) for successive_halving"
+            )
         return self
 
 

@@ -65,6 +65,24 @@ def interrupt_during_trial(args: list[str], cwd: Path, marker: str) -> tuple[int
     return process.returncode, rest
 
 
+def pruned_study(tmp_path: Path, epochs: int, **pruner):
+    """An Optuna study on SQLite with the pruner a study file with ``pruner`` would get."""
+    import optuna
+
+    from hpsearch.samplers import make_pruner
+    from hpsearch.study import parse_study
+
+    spec = parse_study(
+        {"name": "rungs", "n_trials": 3, "fixed": {"epochs": epochs}, "pruner": pruner},
+        "rungs.yaml",
+    )
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.create_study(
+        storage=f"sqlite:///{tmp_path / 'optuna.db'}", direction="maximize",
+        pruner=make_pruner(spec),
+    )  # fmt: skip
+
+
 @pytest.fixture
 def stores(tmp_path, monkeypatch):
     """A fresh SQLite Optuna storage and local MLflow store, made current (artifacts in tmp)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import pruned_study
 
 from hpsearch.config import DataSpec, make_config
 from hpsearch.runner import evaluate, run_trial
@@ -34,19 +35,8 @@ def test_pruning_steps_are_epochs_trained(splits, tmp_path):
     import optuna
 
     from hpsearch.pruning import EpochPruningCallback
-    from hpsearch.samplers import make_pruner
-    from hpsearch.study import parse_study
 
-    spec = parse_study(
-        {"name": "steps", "n_trials": 2, "fixed": {"epochs": 3},
-         "pruner": {"type": "successive_halving", "min_resource": 1}},
-        "steps.yaml",
-    )  # fmt: skip
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
-        storage=f"sqlite:///{tmp_path / 'optuna.db'}", direction="maximize",
-        pruner=make_pruner(spec),
-    )  # fmt: skip
+    study = pruned_study(tmp_path, epochs=3, type="successive_halving", min_resource=1)
     outcomes = []
     for rate in (0.01, 1e-7):  # a learner, then a trial that cannot learn
         trial = study.ask()

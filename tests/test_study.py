@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import optuna
 import pytest
+from conftest import command, environment, pruned_study
 
-from hpsearch.samplers import make_pruner
 from hpsearch.space import grid_size, suggest
 from hpsearch.study import load_study, parse_study
 
@@ -80,16 +78,8 @@ BAD_FILES = [
 
 @pytest.mark.parametrize(("bootstrap", "first_two_pruned"), [(0, False), (2, True)])
 def test_bootstrap_count_prunes_the_first_trials_at_a_rung(bootstrap, first_two_pruned, tmp_path):
-    spec = parse_study(
-        {"name": "rungs", "n_trials": 3, "fixed": {"epochs": 9},
-         "pruner": {"type": "successive_halving", "min_resource": 1, "bootstrap_count": bootstrap}},
-        "rungs.yaml",
-    )  # fmt: skip
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
-        storage=f"sqlite:///{tmp_path / 'optuna.db'}", direction="maximize",
-        pruner=make_pruner(spec),
-    )  # fmt: skip
+    study = pruned_study(tmp_path, epochs=9, type="successive_halving", min_resource=1,
+                         bootstrap_count=bootstrap)  # fmt: skip
     decisions = []
     for value in (0.5, 0.6, 0.7):  # each the best so far at the first rung (epoch 1)
         trial = study.ask()
@@ -100,12 +90,9 @@ def test_bootstrap_count_prunes_the_first_trials_at_a_rung(bootstrap, first_two_
 
 
 def hpsearch(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    env.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.run(
-        [sys.executable, "-m", "hpsearch.cli", *args],
-        capture_output=True, text=True, timeout=120, cwd=cwd, env=env,
-    )  # fmt: skip
+        command(*args), capture_output=True, text=True, timeout=120, cwd=cwd, env=environment()
+    )
 
 
 @pytest.mark.parametrize(("label", "text", "fragments"), BAD_FILES, ids=[b[0] for b in BAD_FILES])
