@@ -125,3 +125,25 @@ def test_pruned_study_prunes_and_saves_epochs(stores):
     outcomes = {c.data.tags["hpsearch.outcome"] for c in children}
     assert outcomes == {"completed", "pruned"}
     assert all(c.info.status == "FINISHED" for c in children)
+
+
+def test_sqlite_storage_writes_ahead_and_a_second_worker_reads_while_it_writes(tmp_path):
+    import sqlite3
+
+    from hpsearch.driver import WorkerOptions, make_storage
+
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    first = make_storage(url, WorkerOptions(heartbeat=0))
+    study = optuna.create_study(storage=first, study_name="wal", direction="maximize")
+    trial = study.ask()
+    trial.report(0.5, step=1)
+    second = make_storage(url, WorkerOptions(heartbeat=0))
+    assert [t.state for t in optuna.load_study(study_name="wal", storage=second).trials] == [
+        TrialState.RUNNING
+    ]
+    study.tell(trial, 0.75)
+    assert optuna.load_study(study_name="wal", storage=second).best_value == 0.75
+    with first.engine.connect() as connection:  # NORMAL (1): synced at checkpoints, not commits
+        assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 1
+    with sqlite3.connect(tmp_path / "optuna.db") as plain:  # the mode is kept in the file
+        assert plain.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
