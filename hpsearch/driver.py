@@ -40,6 +40,7 @@ from hpsearch.tracking import (
     close_orphaned_run,
     close_unclosed_runs,
     link_project_run,
+    mark_run_interrupted,
     wait_for_tracking,
     where_to_look,
 )
@@ -255,6 +256,7 @@ class _Objective:
         self.spec, self.splits, self.fingerprint = spec, splits, fingerprint
         self.parent, self.verbose, self.extra_callbacks = parent, verbose, extra_callbacks
         self.uploader = Uploader()  # artifacts go up while the next trial trains
+        self.last_run: tuple[int, str] | None = None  # (trial number, run id) of the last trial
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.last_failure: str | None = None
@@ -282,6 +284,7 @@ class _Objective:
         }
         name = f"trial-{trial.number:03d}"
         with TrialRun(self.spec.name, name, tags, self.parent, self.uploader) as run:
+            self.last_run = (trial.number, run.run_id)
             trial.set_user_attr("mlflow_run_id", run.run_id)
             config = make_config(values, f"trial {trial.number}")
             trial.set_user_attr("config", config.model_dump(mode="json"))
@@ -300,6 +303,10 @@ class _Objective:
             except optuna.TrialPruned:
                 run.end("pruned")
                 raise
+        return self._record(trial, result)
+
+    def _record(self, trial: optuna.Trial, result) -> float:
+        """The finished trial's figures for Optuna (its run is closed as completed by now)."""
         trial.set_user_attr("epochs_run", result.epochs_run)
         trial.set_user_attr("best_epoch", result.best_epoch)
         trial.set_user_attr("wall_time_s", result.wall_time_s)
@@ -351,8 +358,26 @@ def run_search(
             finish_parent(study, parent, status, before_logging=uploads)
         finally:
             _finish_uploads(objective.uploader, echo)  # at once when done already
+            if interrupted:
+                _mend_interrupted_run(study, objective.last_run)
             thaw_startup_objects()
     return _outcome(study, parent, interrupted)
+
+
+def _mend_interrupted_run(study: optuna.Study, last_run: tuple[int, str] | None) -> None:
+    """Ctrl-C after a trial's run was closed as completed but before Optuna recorded it.
+
+    Optuna then records the trial as failed (reason ``interrupted``); its run is
+    marked the same way, so the two stores agree. A trial left RUNNING because
+    Optuna's own write was cut short is failed and retried through its stopped
+    heartbeat, which also closes its run.
+    """
+    if last_run is None:
+        return
+    number, run_id = last_run
+    trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
+    if trial is not None and trial.state == TrialState.FAIL:
+        mark_run_interrupted(run_id)
 
 
 UPLOAD_WAIT_S = 300.0

@@ -292,6 +292,19 @@ def close_lost_run(run_id: str) -> None:
     _close(MlflowClient(), run_id, "FAILED", tags)
 
 
+def mark_run_interrupted(run_id: str) -> None:
+    """Mark as interrupted a run closed as completed whose trial Optuna records as failed."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    try:
+        if client.get_run(run_id).data.tags.get(OUTCOME_TAG) != "completed":
+            return  # closed as failed or pruned: already what Optuna says
+    except Exception:  # noqa: BLE001 - unknown run or server away: nothing to mend now
+        return
+    _close(client, run_id, "KILLED", {OUTCOME_TAG: "failed", REASON_TAG: "interrupted"})
+
+
 def close_orphaned_run(run_id: str, outcome: str) -> None:
     """Close a finished trial's run left RUNNING by a worker that died before closing it."""
     from mlflow import MlflowClient

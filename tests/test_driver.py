@@ -147,3 +147,22 @@ def test_sqlite_storage_writes_ahead_and_a_second_worker_reads_while_it_writes(t
         assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 1
     with sqlite3.connect(tmp_path / "optuna.db") as plain:  # the mode is kept in the file
         assert plain.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_ctrl_c_after_the_run_closed_but_before_optuna_recorded_the_trial(stores, monkeypatch):
+    from hpsearch import driver
+
+    def interrupted(self, trial, result):  # Ctrl-C lands just after the run's `with` block
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(driver._Objective, "_record", interrupted)
+    storage, client = stores
+    spec = parse_study(tiny_study("ctrl-c", n_trials=3), "ctrl-c.yaml")
+    assert run_search(spec, storage, echo=lambda _: None, verbose=0).interrupted
+    (trial,) = optuna.load_study(study_name="ctrl-c", storage=storage).trials
+    assert trial.state == TrialState.FAIL
+    assert trial.user_attrs["fail_reason"] == "interrupted"
+    run = client.get_run(trial.user_attrs["mlflow_run_id"])  # says the same as Optuna
+    assert run.info.status == "KILLED"
+    assert run.data.tags["hpsearch.outcome"] == "failed"
+    assert run.data.tags["hpsearch.failure_reason"] == "interrupted"
