@@ -41,10 +41,15 @@ def _plots(study: optuna.Study, folder: Path) -> list[Path]:
     from optuna.visualization import matplotlib as optuna_plots
 
     written = []
-    for name, plot in (
-        ("optimization_history.png", optuna_plots.plot_optimization_history),
-        ("param_importances.png", optuna_plots.plot_param_importances),
-    ):
+    # Fixed margins rather than tight_layout, which draws each figure once more to measure
+    # it (about 90 ms a plot): room on the right for the history's legend (Optuna puts it
+    # outside the axes), on the left for the longest parameter name (about 7 pixels a letter).
+    names = max((len(name) for trial in study.trials for name in trial.params), default=0)
+    for name, plot, (left, right) in (
+        ("optimization_history.png", optuna_plots.plot_optimization_history, (0.1, 0.74)),
+        ("param_importances.png", optuna_plots.plot_param_importances,
+         (min(0.5, 0.06 + 0.0095 * names), 0.96)),
+    ):  # fmt: skip
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # Optuna marks these plots experimental
@@ -54,7 +59,7 @@ def _plots(study: optuna.Study, folder: Path) -> list[Path]:
             continue
         figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
         figure.set_size_inches(8, 5)
-        figure.tight_layout()
+        figure.subplots_adjust(left=left, right=right, top=0.9, bottom=0.12)
         figure.savefig(folder / name, dpi=100)
         plt.close(figure)
         written.append(folder / name)
