@@ -67,6 +67,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=27)
     parser.add_argument("--architecture", default="baseline1")
     parser.add_argument("--reduction-factor", type=int, default=3)
+    parser.add_argument("--pruner", choices=["hyperband", "successive_halving"],
+                        default="hyperband",
+                        help="successive_halving: Hyperband's most aggressive bracket alone (ASHA)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--bootstrap-count", type=int, default=0,
                         help="trials a rung needs before it promotes any (the pruner's)")
@@ -78,8 +81,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as folder:
         mlflow.set_tracking_uri(f"sqlite:///{folder}/mlflow.db")
-        pruned = run("tpe_hyperband", {"type": "tpe", "seed": args.seed},
-                     {"type": "hyperband", "min_resource": 1,
+        pruned = run(f"tpe_{args.pruner}", {"type": "tpe", "seed": args.seed},
+                     {"type": args.pruner, "min_resource": 1,
                       "reduction_factor": args.reduction_factor,
                       "bootstrap_count": args.bootstrap_count},
                      args, folder)  # fmt: skip
@@ -99,7 +102,7 @@ def main() -> None:
         f"validation accuracy behind it: {accuracy} (target within 1 point)"
     )
     body += (
-        f"\n\n{args.architecture}; Hyperband reduction factor {args.reduction_factor}, "
+        f"\n\n{args.architecture}; {args.pruner}, reduction factor {args.reduction_factor}, "
         f"1 to {args.epochs} epochs, bootstrap count {args.bootstrap_count}; sampler seed "
         f"{args.seed}"
     )

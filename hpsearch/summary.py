@@ -44,7 +44,8 @@ def _plots(study: optuna.Study, folder: Path) -> list[Path]:
     # Fixed margins rather than tight_layout, which draws each figure once more to measure
     # it (about 90 ms a plot): room on the right for the history's legend (Optuna puts it
     # outside the axes), on the left for the longest parameter name (about 7 pixels a letter).
-    names = max((len(name) for trial in study.trials for name in trial.params), default=0)
+    trials = study.get_trials(deepcopy=False)
+    names = max((len(name) for trial in trials for name in trial.params), default=0)
     for name, plot, (left, right) in (
         ("optimization_history.png", optuna_plots.plot_optimization_history, (0.1, 0.74)),
         ("param_importances.png", optuna_plots.plot_param_importances,
