@@ -81,6 +81,8 @@ class TrialConfig(BaseModel):
     )
     momentum: float = Field(default=0.9, ge=0.0, lt=1.0)  # *_momentum, sgd_nesterov only
     lr_schedule: LrSchedule = "constant"
+    # Cosine only: the rate climbs linearly from 0 over these first epochs, then decays.
+    warmup_epochs: int = Field(default=0, ge=0, le=1000)
     batch_size: int = Field(default=32, ge=1, le=8192)
     augmentation: tuple[Augmentation, ...] = Field(
         default=(),
@@ -134,6 +136,19 @@ class TrialConfig(BaseModel):
             raise ValueError(
                 f"dropout: {self.architecture} has {blocks} blocks, so give one rate or "
                 f"{blocks} rates; got {len(self.dropout)}: {list(self.dropout)}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _warmup_fits_the_schedule(self) -> TrialConfig:
+        if self.warmup_epochs and self.lr_schedule != "cosine":
+            raise ValueError(
+                f"warmup_epochs needs lr_schedule: cosine (got {self.lr_schedule}): the warm-up "
+                "is the start of the cosine schedule"
+            )
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(
+                f"warmup_epochs ({self.warmup_epochs}) must be fewer than epochs ({self.epochs})"
             )
         return self
 

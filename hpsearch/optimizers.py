@@ -44,7 +44,11 @@ def build_optimizer(config: TrialConfig, steps_per_epoch: int) -> keras.optimize
         kwargs["nesterov"] = True
     rate: float | keras.optimizers.schedules.LearningRateSchedule = initial_learning_rate(config)
     if config.lr_schedule == "cosine":
+        warmup = config.warmup_epochs * steps_per_epoch  # linear from 0, then the cosine
         rate = keras.optimizers.schedules.CosineDecay(
-            rate, decay_steps=max(1, config.epochs * steps_per_epoch)
+            0.0 if warmup else rate,
+            decay_steps=max(1, config.epochs * steps_per_epoch - warmup),
+            warmup_target=rate if warmup else None,
+            warmup_steps=warmup,
         )
     return cls(learning_rate=rate, **kwargs)

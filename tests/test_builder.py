@@ -174,3 +174,18 @@ def test_model_takes_raw_uint8_images_and_scales_them():
     assert model.get_layer("scale").scale == pytest.approx(1 / 255)
     probabilities = model.predict(images(), verbose=0)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("warmup", "rates"), [
+    (2, {0: 0.0, 5: 0.05, 10: 0.1, 30: 0.05, 50: 0.0}),  # 10 steps up, 40 down
+    (0, {0: 0.1, 25: 0.05, 50: 0.0}),  # no warm-up: the cosine over all 50 steps
+])  # fmt: skip
+def test_cosine_schedule_warms_up_linearly_from_zero_then_decays(warmup, rates):
+    from hpsearch.optimizers import build_optimizer
+
+    config = make_config({"optimizer": "sgd_nesterov", "learning_rate": 0.1, "epochs": 10,
+                          "lr_schedule": "cosine", "warmup_epochs": warmup})  # fmt: skip
+    optimizer = build_optimizer(config, steps_per_epoch=5)
+    for step, rate in rates.items():
+        optimizer.iterations.assign(step)
+        assert float(optimizer.learning_rate) == pytest.approx(rate, abs=1e-6), step

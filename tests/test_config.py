@@ -70,6 +70,8 @@ def test_config_yaml_round_trip(tmp_path):
         ({"weight_decay_magnitude": 1.0}, ["weight_decay_magnitude", "1.0", "le 0.1"]),
         ({"augmentation": "standard+foo"}, ["augmentation", "'foo'", "gridmask"]),
         ({"colour": "red"}, ["unknown key 'colour'", "'red'", "batch_norm"]),
+        ({"warmup_epochs": 2}, ["warmup_epochs", "lr_schedule: cosine", "constant"]),
+        ({"warmup_epochs": 20, "lr_schedule": "cosine"}, ["warmup_epochs (20)", "epochs (20)"]),
     ],
 )
 def test_config_rejects_bad_values_naming_key_value_and_choices(values, fragments):
