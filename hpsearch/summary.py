@@ -44,13 +44,13 @@ def _plots(study: optuna.Study, folder: Path) -> list[Path]:
     # Fixed margins rather than tight_layout, which draws each figure once more to measure
     # it (about 90 ms a plot): room on the right for the history's legend (Optuna puts it
     # outside the axes), on the left for the longest parameter name (about 7 pixels a letter).
-    trials = study.get_trials(deepcopy=False)
-    names = max((len(name) for trial in trials for name in trial.params), default=0)
-    for name, plot, (left, right) in (
-        ("optimization_history.png", optuna_plots.plot_optimization_history, (0.1, 0.74)),
-        ("param_importances.png", optuna_plots.plot_param_importances,
-         (min(0.5, 0.06 + 0.0095 * names), 0.96)),
-    ):  # fmt: skip
+    done = completed(study)
+    names = max((len(name) for trial in done for name in trial.params), default=0)
+    plots = [("optimization_history.png", optuna_plots.plot_optimization_history, (0.1, 0.74))]
+    if len(done) >= 2 and names:  # else Optuna draws an empty chart (after importing forests)
+        plots.append(("param_importances.png", optuna_plots.plot_param_importances,
+                      (min(0.5, 0.06 + 0.0095 * names), 0.96)))  # fmt: skip
+    for name, plot, (left, right) in plots:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # Optuna marks these plots experimental

@@ -166,3 +166,18 @@ def test_ctrl_c_after_the_run_closed_but_before_optuna_recorded_the_trial(stores
     assert run.info.status == "KILLED"
     assert run.data.tags["hpsearch.outcome"] == "failed"
     assert run.data.tags["hpsearch.failure_reason"] == "interrupted"
+
+
+def test_summary_draws_importances_only_for_two_completed_trials_with_searched_params(tmp_path):
+    from hpsearch.summary import write_summary
+
+    def drawn(objective, trials: int) -> set[str]:
+        study = optuna.create_study(direction="maximize")
+        study.optimize(objective, n_trials=trials)
+        return {path.name for path in write_summary(study, tmp_path) if path.suffix == ".png"}
+
+    assert drawn(lambda trial: 0.5, 3) == {"optimization_history.png"}  # nothing searched
+    searched = lambda trial: trial.suggest_float("learning_rate", 1e-4, 1e-2)  # noqa: E731
+    assert drawn(searched, 1) == {"optimization_history.png"}
+    assert drawn(searched, 3) == {"optimization_history.png", "param_importances.png"}
+    assert (tmp_path / "param_importances.png").stat().st_size > 0
