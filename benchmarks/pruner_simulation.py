@@ -42,17 +42,21 @@ def simulate(pruner: str, factor: int, trials: int, sampler: str, seed: int, epo
     import numpy as np
     import optuna
 
+    from hpsearch.samplers import make_pruner, make_sampler
+    from hpsearch.study import parse_study
+
+    # The pruner and sampler a study file with these settings gets in a real search.
+    spec = parse_study(
+        {"name": f"simulated-{seed}", "n_trials": trials, "fixed": {"epochs": epochs},
+         "sampler": {"type": sampler, "seed": seed},
+         "pruner": {"type": pruner, "min_resource": 1, "reduction_factor": factor}},
+        "simulated.yaml",
+    )  # fmt: skip
     noise = np.random.default_rng(seed)
-    if pruner == "hyperband":
-        pruning = optuna.pruners.HyperbandPruner(1, epochs, factor)
-    else:
-        pruning = optuna.pruners.SuccessiveHalvingPruner(1, factor)
-    sampling = (optuna.samplers.TPESampler if sampler == "tpe" else optuna.samplers.RandomSampler)(
-        seed=seed
-    )
     study = optuna.create_study(
-        direction="maximize", pruner=pruning, sampler=sampling, study_name=f"simulated-{seed}"
-    )
+        direction="maximize", pruner=make_pruner(spec), sampler=make_sampler(spec),
+        study_name=spec.name,
+    )  # fmt: skip
     trained, best = 0, float("-inf")
     for _ in range(trials):
         trial = study.ask()
