@@ -110,17 +110,29 @@ def save_misclassified_gallery(
     return _save(fig, path)
 
 
-def _linear_head(model: keras.Model) -> tuple[keras.layers.Layer, keras.layers.Dense]:
-    """The last MaxPooling2D and the output Dense, checking the head between them is linear."""
+GLOBAL_POOLS = (keras.layers.GlobalMaxPooling2D, keras.layers.GlobalAveragePooling2D)
+
+
+def _linear_head(model: keras.Model) -> tuple[keras.layers.Layer, bool, keras.layers.Dense]:
+    """(feature layer, its input?, output Dense) for a head that is linear up to the softmax.
+
+    Two heads qualify: the last MaxPooling2D, then only Dropout, a Flatten and the
+    Dense (the reference networks; the features are that pooling's output); or a
+    global pooling straight into the Dense (resnet9; the features are the global
+    pooling's input).
+    """
+    dense = model.layers[-1]
+    before = model.layers[-2] if len(model.layers) > 1 else None
+    if isinstance(dense, keras.layers.Dense) and isinstance(before, GLOBAL_POOLS):
+        _channels_last(before)
+        return before, True, dense
     pools = [
         i for i, layer in enumerate(model.layers) if isinstance(layer, keras.layers.MaxPooling2D)
     ]
     if not pools:
         raise ValueError(f"Grad-CAM needs a MaxPooling2D layer; model {model.name!r} has none")
     pool = model.layers[pools[-1]]
-    if getattr(pool, "data_format", "channels_last") != "channels_last":
-        raise ValueError(f"Grad-CAM needs channels_last pooling; {pool.name!r} is channels_first")
-    dense = model.layers[-1]
+    _channels_last(pool)
     between = model.layers[pools[-1] + 1 : -1]
     if (
         not isinstance(dense, keras.layers.Dense)
@@ -131,59 +143,78 @@ def _linear_head(model: keras.Model) -> tuple[keras.layers.Layer, keras.layers.D
         kinds = " -> ".join(type(layer).__name__ for layer in model.layers[pools[-1] :])
         raise ValueError(
             "Grad-CAM needs the model's last layer to be a Dense fed through a Flatten "
-            f"(only Dropout allowed after the last MaxPooling2D); got {kinds}"
+            "(only Dropout allowed after the last MaxPooling2D) or through a global "
+            f"pooling; got {kinds}"
         )
-    return pool, dense
+    return pool, False, dense
 
 
-def _pooled_features(
-    model: keras.Model, pool: keras.layers.Layer, images: np.ndarray
+def _channels_last(pool: keras.layers.Layer) -> None:
+    if getattr(pool, "data_format", "channels_last") != "channels_last":
+        raise ValueError(f"Grad-CAM needs channels_last pooling; {pool.name!r} is channels_first")
+
+
+def _features(
+    model: keras.Model, layer: keras.layers.Layer, its_input: bool, images: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(output of ``pool``, probabilities) for ``images``, inference mode.
+    """(the input or output of ``layer``, probabilities) for ``images``, inference mode.
 
-    The layers are called one after another (the networks here are a chain), so
-    this works for a network whose layers are shared with another model too,
-    where ``pool.output`` would name the other model's tensor.
+    The model's graph is wired again from a new input with its own layers (no new
+    weights), taking the tensor at ``layer`` on the way. ``layer.output`` itself
+    would name another model's tensor where the layers are shared (an exported
+    inference model shares the trained model's layers).
     """
-    x = images
-    pooled = None
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.InputLayer):
-            continue
-        x = layer(x)
-        if layer is pool:
-            pooled = x
-    return keras.ops.convert_to_numpy(pooled), keras.ops.convert_to_numpy(x)
+    taken: dict[str, object] = {}
+
+    def call(called, *args, **kwargs):
+        output = called(*args, **kwargs)
+        if called is layer:
+            taken["features"] = args[0] if its_input else output
+        return output
+
+    clone = keras.models.clone_model(model, clone_function=lambda same: same, call_function=call)
+    probe = keras.Model(clone.input, [taken["features"], clone.outputs[0]])
+    features, probabilities = probe(images, training=False)
+    return keras.ops.convert_to_numpy(features), keras.ops.convert_to_numpy(probabilities)
 
 
 def grad_cam_maps(
     model: keras.Model, images: np.ndarray, class_indices: np.ndarray | None = None
 ) -> np.ndarray:
-    """Grad-CAM maps (N, h, w) in [0, 1] at the resolution of the last MaxPooling2D.
+    """Grad-CAM maps (N, h, w) in [0, 1] at the resolution of the last feature map.
 
-    The head after the last pooling is linear up to the softmax (Dropout is the
-    identity at inference, then Flatten -> Dense), so the pre-softmax logit of
-    class k is ``z_k = sum A[h, w, c] * W[h, w, c, k] + b_k`` and its gradient
-    with respect to the pooled features ``A`` is exactly ``W[..., k]``. The
-    gradient is therefore computed in closed form, with no backend autodiff:
-    ``alpha_c = mean_{h,w} W[h, w, c, k]`` and ``cam = relu(sum_c alpha_c A[..., c])``,
-    each map divided by its maximum (an all-zero map stays zero).
+    The head is linear up to the softmax, so the gradient of the pre-softmax
+    logit ``z_k`` with respect to the feature map ``A`` is known in closed form,
+    with no backend autodiff:
 
-    ``class_indices`` defaults to the model's predicted class for each image.
+    * Flatten head (Dropout is the identity at inference, then Flatten -> Dense):
+      ``z_k = sum A[h, w, c] * W[h, w, c, k] + b_k``, so ``dz_k/dA = W[..., k]``
+      and ``alpha_c = mean_{h,w} W[h, w, c, k]``, with ``A`` the last pooling's output;
+    * global pooling head: ``z_k = sum_c pool(A)[c] * W[c, k] + b_k``, whose gradient
+      averaged over positions is ``W[c, k] / (h * w)`` for max and average pooling
+      alike, so ``alpha_c`` is proportional to ``W[c, k]`` (the CAM of Zhou et al.).
+
+    Then ``cam = relu(sum_c alpha_c A[..., c])``, each map divided by its maximum
+    (an all-zero map stays zero). ``class_indices`` defaults to the model's
+    predicted class for each image.
     """
-    pool, dense = _linear_head(model)
-    pooled, probabilities = _pooled_features(model, pool, np.asarray(images))
-    pooled = np.asarray(pooled, dtype=np.float64)  # (N, h, w, c)
-    n, h, w, c = pooled.shape
+    layer, its_input, dense = _linear_head(model)
+    features, probabilities = _features(model, layer, its_input, np.asarray(images))
+    features = np.asarray(features, dtype=np.float64)  # (N, h, w, c)
+    n, h, w, c = features.shape
     kernel = np.asarray(keras.ops.convert_to_numpy(dense.kernel), dtype=np.float64)
-    kernel = kernel.reshape(h, w, c, -1)  # Flatten is row-major over (h, w, c)
+    if its_input:
+        alphas_by_class = kernel / (h * w)  # (c, k)
+    else:
+        # Flatten is row-major over (h, w, c)
+        alphas_by_class = kernel.reshape(h, w, c, -1).mean(axis=(0, 1))
     if class_indices is None:
         class_indices = np.argmax(probabilities, axis=-1)
     class_indices = np.broadcast_to(np.asarray(class_indices, dtype=int), (n,))
     if np.any((class_indices < 0) | (class_indices >= kernel.shape[-1])):
         raise ValueError(f"class_indices must lie in [0, {kernel.shape[-1]})")
-    alphas = kernel.mean(axis=(0, 1))[:, class_indices].T  # (N, c)
-    cams = np.maximum(np.einsum("nhwc,nc->nhw", pooled, alphas), 0.0)
+    alphas = alphas_by_class[:, class_indices].T  # (N, c)
+    cams = np.maximum(np.einsum("nhwc,nc->nhw", features, alphas), 0.0)
     peaks = cams.max(axis=(1, 2), keepdims=True)
     cams = np.divide(cams, peaks, out=np.zeros_like(cams), where=peaks > 0)
     return cams.astype(np.float32)
@@ -195,7 +226,7 @@ def grad_cam(
     """Grad-CAM class activation maps (N, H, W) in [0, 1] at input resolution.
 
     Computes :func:`grad_cam_maps` (gradient in closed form, since the head
-    after the last MaxPooling2D is linear up to the softmax) and upsamples them
+    is linear up to the softmax) and upsamples them
     bilinearly to the images' height and width with ``keras.ops.image.resize``.
     """
     images = np.asarray(images)

@@ -6,10 +6,14 @@ every block's filters (1 gives the reference networks).
 
 * baseline1: conv32 -> pool -> conv64 -> pool -> dense
 * baseline2: [conv32 x2] -> pool -> [conv64 x2] -> pool -> [conv128 x2] -> pool -> dense
+* resnet9 (beyond the study; Page's DAWNBench network): conv64 -> conv128 -> pool ->
+  residual[conv128 x2] -> conv256 -> pool -> conv512 -> pool -> residual[conv512 x2] ->
+  global max pool -> dense
 
-Dropout, where used, follows each pooling. The model takes raw uint8 images
-and scales them to [0, 1] in its first layer. Imports neither Optuna nor
-MLflow; uses ``keras`` only, so it runs on the JAX backend too.
+Dropout, where used, follows each block (its pooling, or its residual
+addition). The model takes raw uint8 images and scales them to [0, 1] in its
+first layer. Imports neither Optuna nor MLflow; uses ``keras`` only, so it runs
+on the JAX backend too.
 """
 
 from __future__ import annotations
@@ -25,6 +29,10 @@ ARCHITECTURES: dict[str, tuple[tuple[int, int], ...]] = {
     "baseline1": ((32, 1), (64, 1)),
     "baseline2": ((32, 2), (64, 2), (128, 2)),
 }
+# resnet9: the stem's filters, then (filters, residual?) per block; each block is
+# conv -> pool [-> x + conv(conv(x))]
+RESNET9_STEM = 64
+RESNET9_BLOCKS: tuple[tuple[int, bool], ...] = ((128, True), (256, False), (512, True))
 
 
 def kernel_regularizer(config: TrialConfig) -> keras.regularizers.Regularizer | None:
@@ -63,14 +71,10 @@ def build_network(
     x = keras.layers.Rescaling(1.0 / 255, name="scale")(inputs)
     for layer in in_model_layers(config.augmentation, config.seed):
         x = layer(x)
-    rates = config.dropout_rates()
-    for block, (filters, convs) in enumerate(ARCHITECTURES[config.architecture], start=1):
-        for index in range(1, convs + 1):
-            x = _conv_unit(x, filters * config.width, config, name=f"block{block}_{index}")
-        x = keras.layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
-        if rates[block - 1] > 0:
-            x = keras.layers.Dropout(rates[block - 1], name=f"block{block}_dropout")(x)
-    x = keras.layers.Flatten(name="flatten")(x)
+    if config.architecture == "resnet9":
+        x = _resnet9_body(x, config)
+    else:
+        x = _vgg_body(x, config)
     outputs = keras.layers.Dense(
         num_classes,
         activation="softmax",
@@ -80,6 +84,37 @@ def build_network(
         name="probabilities",
     )(x)
     return keras.Model(inputs, outputs, name=config.architecture)
+
+
+def _vgg_body(x, config: TrialConfig):
+    """The reference networks' blocks of convolutions, each ending in a pooling."""
+    rates = config.dropout_rates()
+    for block, (filters, convs) in enumerate(ARCHITECTURES[config.architecture], start=1):
+        for index in range(1, convs + 1):
+            x = _conv_unit(x, filters * config.width, config, name=f"block{block}_{index}")
+        x = keras.layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
+        x = _dropout(x, rates[block - 1], block)
+    return keras.layers.Flatten(name="flatten")(x)
+
+
+def _resnet9_body(x, config: TrialConfig):
+    """ResNet-9: a stem, three pooled blocks (the first and last with a residual pair)."""
+    rates = config.dropout_rates()
+    x = _conv_unit(x, RESNET9_STEM * config.width, config, name="stem")
+    for block, (filters, residual) in enumerate(RESNET9_BLOCKS, start=1):
+        filters *= config.width
+        x = _conv_unit(x, filters, config, name=f"block{block}_1")
+        x = keras.layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
+        if residual:
+            branch = _conv_unit(x, filters, config, name=f"block{block}_2")
+            branch = _conv_unit(branch, filters, config, name=f"block{block}_3")
+            x = keras.layers.Add(name=f"block{block}_add")([x, branch])
+        x = _dropout(x, rates[block - 1], block)
+    return keras.layers.GlobalMaxPooling2D(name="global_pool")(x)
+
+
+def _dropout(x, rate: float, block: int):
+    return keras.layers.Dropout(rate, name=f"block{block}_dropout")(x) if rate > 0 else x
 
 
 def build_model(
@@ -109,10 +144,15 @@ def inference_model(model: keras.Model, config: TrialConfig) -> keras.Model:
     only Keras core layers: ``keras.saving.load_model`` alone loads it, in any
     process, and it takes raw uint8 images.
     """
+
+    def leave_out_augmentation(layer, *args, **kwargs):
+        return args[0] if layer.name in IN_MODEL_LAYER_NAMES else layer(*args, **kwargs)
+
     inputs = keras.Input(shape=tuple(model.input_shape[1:]), dtype="uint8", name="image")
-    x = inputs
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.InputLayer) or layer.name in IN_MODEL_LAYER_NAMES:
-            continue
-        x = layer(x)
-    return keras.Model(inputs, x, name=model.name)
+    wired = keras.models.clone_model(
+        model,
+        input_tensors=inputs,
+        clone_function=lambda layer: layer,  # the same layer: no new weights
+        call_function=leave_out_augmentation,
+    )
+    return keras.Model(inputs, wired.outputs[0], name=model.name)

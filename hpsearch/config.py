@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from hpsearch.errors import ConfigError
 
-Architecture = Literal["baseline1", "baseline2"]
+Architecture = Literal["baseline1", "baseline2", "resnet9"]
 BatchNorm = Literal["none", "before", "after"]
 Activation = Literal["relu", "leaky_relu", "sigmoid", "tanh", "elu", "gelu", "swish"]
 Initializer = Literal[
@@ -51,7 +51,7 @@ Monitor = Literal["val_loss", "val_accuracy"]
 
 #: Blocks (conv groups followed by pooling) per architecture; a per-block
 #: dropout list must have this many rates.
-ARCHITECTURE_BLOCKS: dict[str, int] = {"baseline1": 2, "baseline2": 3}
+ARCHITECTURE_BLOCKS: dict[str, int] = {"baseline1": 2, "baseline2": 3, "resnet9": 3}
 
 
 class TrialConfig(BaseModel):

@@ -21,7 +21,7 @@ from hpsearch.analysis import (
     save_grad_cam,
     save_misclassified_gallery,
 )
-from hpsearch.builder import build_network
+from hpsearch.builder import build_network, inference_model
 from hpsearch.config import make_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,6 +157,39 @@ def test_grad_cam_matches_the_closed_form_computed_by_hand():
     assert np.all(high.min(axis=(1, 2)) >= expected.min(axis=(1, 2)) - 1e-5)
 
 
+def test_grad_cam_of_a_global_pooling_head_is_the_class_weighted_last_feature_map():
+    # resnet9: residual blocks, then global max pooling straight into the Dense
+    config = make_config({"architecture": "resnet9", "batch_norm": "before", "dropout": 0.2})
+    model = build_network(config, (8, 8, 3), 3)
+    rng = np.random.default_rng(2)
+    kernel = rng.normal(size=(512, 3)).astype("float32")
+    model.get_layer("probabilities").set_weights([kernel, np.zeros(3, "float32")])
+    x = images(3, (8, 8, 3), seed=6)
+    features = keras.Model(model.inputs, model.get_layer("global_pool").input)
+    a = np.asarray(features.predict(x, verbose=0), dtype=np.float64)  # (3, 1, 1, 512)
+    logits = a.max(axis=(1, 2)) @ kernel.astype(np.float64)
+    np.testing.assert_allclose(
+        model.predict(x, verbose=0),
+        np.exp(logits) / np.exp(logits).sum(1, keepdims=True),
+        rtol=1e-4,
+        atol=1e-6,
+    )
+    classes = np.array([0, 1, 2])
+    expected = np.maximum(np.einsum("nhwc,cn->nhw", a, kernel[:, classes]), 0.0)
+    peaks = expected.max(axis=(1, 2), keepdims=True)
+    expected = np.divide(expected, peaks, out=np.zeros_like(expected), where=peaks > 0)
+    np.testing.assert_allclose(grad_cam_maps(model, x, classes), expected, atol=1e-5)
+    assert grad_cam(model, x).shape == (3, 8, 8)
+
+
+def test_grad_cam_reads_an_exported_model_that_shares_the_trained_layers():
+    config = make_config({"architecture": "resnet9", "augmentation": "standard"})
+    model = build_network(config, (16, 16, 3), 3)
+    exported = inference_model(model, config)
+    x = images(2, (16, 16, 3), seed=1)
+    np.testing.assert_allclose(grad_cam_maps(exported, x), grad_cam_maps(model, x), atol=1e-6)
+
+
 def test_grad_cam_depends_on_the_class():
     model = baseline1((8, 8, 3), classes=3, seed=5)
     x = images(4, (8, 8, 3), seed=4)
@@ -181,7 +214,7 @@ def test_grad_cam_rejects_a_non_linear_head():
     x = keras.layers.MaxPooling2D(2)(keras.layers.Conv2D(2, 3, padding="same")(inputs))
     x = keras.layers.Dense(4, activation="relu")(keras.layers.Flatten()(x))
     model = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(x))
-    with pytest.raises(ValueError, match="Dense fed through a Flatten"):
+    with pytest.raises(ValueError, match="Dense fed through a Flatten .* or through a global"):
         grad_cam(model, images(1, (8, 8, 1)))
 
 
@@ -191,7 +224,7 @@ def test_grad_cam_runs_on_the_jax_backend():
         import keras, numpy as np
         assert keras.backend.backend() == "jax", keras.backend.backend()
         from hpsearch.analysis import grad_cam
-        from hpsearch.builder import build_network
+        from hpsearch.builder import build_network, inference_model
         from hpsearch.config import make_config
         model = build_network(make_config({"architecture": "baseline1"}), (8, 8, 1), 3)
         x = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 1), dtype=np.uint8)

@@ -6,8 +6,9 @@ import keras
 import numpy as np
 import pytest
 
-from hpsearch.builder import build_model, build_network
+from hpsearch.builder import build_model, build_network, inference_model
 from hpsearch.config import make_config
+from hpsearch.errors import ConfigError
 
 SHAPE = (16, 16, 3)
 
@@ -37,6 +38,45 @@ def test_architectures_have_the_reference_convolutions(architecture, filters):
     assert len(pools) == len(set(filters))
     assert model.output_shape == (None, 10)
     assert model.layers[-1].activation.__name__ == "softmax"
+
+
+def test_resnet9_is_a_stem_three_pooled_blocks_two_residual_pairs_and_a_global_pool():
+    model = network(architecture="resnet9", batch_norm="before", dropout="0.1/0.2/0.3")
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [c.filters for c in convs] == [64, 128, 128, 128, 256, 512, 512, 512]
+    assert all(c.kernel_size == (3, 3) and c.padding == "same" for c in convs)
+    adds = [layer for layer in model.layers if isinstance(layer, keras.layers.Add)]
+    assert [a.name for a in adds] == ["block1_add", "block3_add"]
+    # each residual pair adds to the pooled tensor it started from
+    assert model.get_layer("block1_add").input[0] is model.get_layer("block1_pool").output
+    drops = [layer for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
+    assert [round(d.rate, 6) for d in drops] == [0.1, 0.2, 0.3]
+    assert isinstance(model.layers[-2], keras.layers.GlobalMaxPooling2D)
+    assert model.output_shape == (None, 10)
+    wide = network(architecture="resnet9", width=2)
+    wide_convs = [layer for layer in wide.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [c.filters for c in wide_convs[:2]] == [128, 256]
+    with pytest.raises(ConfigError, match="resnet9 has 3 blocks"):
+        make_config({"architecture": "resnet9", "dropout": "0.1/0.2"})
+
+
+@pytest.mark.parametrize("architecture", ["baseline2", "resnet9"])
+def test_inference_model_drops_augmentation_and_keeps_the_trained_weights(tmp_path, architecture):
+    config = make_config({"architecture": architecture, "augmentation": "standard+cutout",
+                          "batch_norm": "before", "dropout": 0.3})  # fmt: skip
+    model = build_network(config, SHAPE, 10)
+    exported = inference_model(model, config)
+    names = {layer.name for layer in exported.layers}
+    assert not names & {"shift", "flip", "zoom", "cutout"}
+    assert {"shift", "flip", "zoom", "cutout"} <= {layer.name for layer in model.layers}
+    # the same variables, none new
+    assert {id(v) for v in exported.weights} == {id(v) for v in model.weights}
+    x = images(6)
+    expected = model.predict(x, verbose=0)  # augmentation and dropout inactive here
+    np.testing.assert_allclose(exported.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-6)
+    exported.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_width_multiplies_every_blocks_filters():
