@@ -19,6 +19,7 @@ from hpsearch.builder import build_model
 from hpsearch.config import TrialConfig
 from hpsearch.datasets import Splits
 from hpsearch.errors import TrialFailed
+from hpsearch.interrupts import interrupts_between_steps
 
 
 @dataclass
@@ -92,18 +93,19 @@ def _fit(
     classes = splits.num_classes
     onehot = keras.utils.to_categorical(labels, classes)
     steps = math.ceil(len(images) / config.batch_size)
-    model = build_model(config, splits.input_shape, classes, steps)
-    if validation is not None:
-        validation = (validation[0], keras.utils.to_categorical(validation[1], classes))
-    started = time.perf_counter()
-    fitted = model.fit(
-        **_training_data(config, images, onehot),
-        validation_data=validation,
-        epochs=epochs,
-        callbacks=[_LearningRateLog(), *callbacks],
-        verbose=verbose,
-    )
-    seconds = time.perf_counter() - started
+    with interrupts_between_steps() as between_steps:  # Ctrl-C: at a step boundary
+        model = build_model(config, splits.input_shape, classes, steps)
+        if validation is not None:
+            validation = (validation[0], keras.utils.to_categorical(validation[1], classes))
+        started = time.perf_counter()
+        fitted = model.fit(
+            **_training_data(config, images, onehot),
+            validation_data=validation,
+            epochs=epochs,
+            callbacks=[between_steps, _LearningRateLog(), *callbacks],
+            verbose=verbose,
+        )
+        seconds = time.perf_counter() - started
     history = {k: [float(v) for v in values] for k, values in fitted.history.items()}
     _check_finite(history, ("loss", "val_loss") if validation is not None else ("loss",))
     return model, history, seconds

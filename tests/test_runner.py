@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
 import numpy as np
 import pytest
 from conftest import pruned_study
@@ -54,3 +57,48 @@ def test_pruning_steps_are_epochs_trained(splits, tmp_path):
     assert outcomes == ["complete", "pruned"]
     assert sorted(first.intermediate_values) == [1, 2, 3]
     assert second.last_step == 1  # pruned at the first rung: after 1 epoch, not 2
+
+
+class _SignalsSelf:
+    """A Keras callback that sends this process SIGINT ``times`` times after batch ``at``."""
+
+    def __new__(cls, at: int, times: int):
+        import keras
+
+        class Callback(keras.callbacks.Callback):
+            def __init__(self):
+                super().__init__()
+                self.begun: list[tuple[int, int]] = []
+                self.epoch = 0
+
+            def on_epoch_begin(self, epoch, logs=None):
+                self.epoch = epoch
+
+            def on_train_batch_begin(self, batch, logs=None):
+                self.begun.append((self.epoch, batch))
+
+            def on_train_batch_end(self, batch, logs=None):
+                if (self.epoch, batch) == (0, at):
+                    for _ in range(times):
+                        os.kill(os.getpid(), signal.SIGINT)
+
+        return Callback()
+
+
+@pytest.mark.parametrize("times", [1, 2])
+def test_ctrl_c_in_fit_is_raised_at_the_next_step_boundary_or_at_once_the_second_time(
+    splits, times
+):
+    config = make_config({"architecture": "baseline1", "epochs": 3, "batch_size": 16})
+    signaller = _SignalsSelf(at=2, times=times)
+    with pytest.raises(KeyboardInterrupt) as raised:
+        run_trial(config, splits, [signaller], verbose=0)
+    innermost = raised.traceback[-1]
+    if times == 1:
+        # noted during batch 2's end, raised at the end of batch 3: one more step, no more
+        assert signaller.begun[-1] == (0, 3)
+        assert innermost.name == "raise_pending"
+    else:
+        assert signaller.begun[-1] == (0, 2)
+        assert innermost.name == "note"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
