@@ -21,6 +21,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import confusion_matrix  # noqa: E402
 
+from hpsearch.builder import rewire  # noqa: E402
+
 
 def per_class_accuracy(
     y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequence[str]
@@ -159,8 +161,8 @@ def _features(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(the input or output of ``layer``, probabilities) for ``images``, inference mode.
 
-    The model's graph is wired again from a new input with its own layers (no new
-    weights), taking the tensor at ``layer`` on the way. ``layer.output`` itself
+    The model's graph is wired again (:func:`~hpsearch.builder.rewire`), taking
+    the tensor at ``layer`` on the way. ``layer.output`` itself
     would name another model's tensor where the layers are shared (an exported
     inference model shares the trained model's layers).
     """
@@ -172,7 +174,7 @@ def _features(
             taken["features"] = args[0] if its_input else output
         return output
 
-    clone = keras.models.clone_model(model, clone_function=lambda same: same, call_function=call)
+    clone = rewire(model, call)
     probe = keras.Model(clone.input, [taken["features"], clone.outputs[0]])
     features, probabilities = probe(images, training=False)
     return keras.ops.convert_to_numpy(features), keras.ops.convert_to_numpy(probabilities)

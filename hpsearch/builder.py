@@ -149,10 +149,17 @@ def inference_model(model: keras.Model, config: TrialConfig) -> keras.Model:
         return args[0] if layer.name in IN_MODEL_LAYER_NAMES else layer(*args, **kwargs)
 
     inputs = keras.Input(shape=tuple(model.input_shape[1:]), dtype="uint8", name="image")
-    wired = keras.models.clone_model(
-        model,
-        input_tensors=inputs,
-        clone_function=lambda layer: layer,  # the same layer: no new weights
-        call_function=leave_out_augmentation,
-    )
+    wired = rewire(model, leave_out_augmentation, inputs)
     return keras.Model(inputs, wired.outputs[0], name=model.name)
+
+
+def rewire(model: keras.Model, call_function, inputs=None) -> keras.Model:
+    """``model``'s graph wired again from new inputs with its own layers (no new weights).
+
+    ``call_function(layer, *args, **kwargs)`` calls each layer (Keras's
+    ``clone_model``): it may skip one, or take the tensors it sees on the way.
+    """
+    return keras.models.clone_model(
+        model, input_tensors=inputs, clone_function=lambda layer: layer,
+        call_function=call_function,
+    )  # fmt: skip

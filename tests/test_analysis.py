@@ -224,7 +224,7 @@ def test_grad_cam_runs_on_the_jax_backend():
         import keras, numpy as np
         assert keras.backend.backend() == "jax", keras.backend.backend()
         from hpsearch.analysis import grad_cam
-        from hpsearch.builder import build_network, inference_model
+        from hpsearch.builder import build_network
         from hpsearch.config import make_config
         model = build_network(make_config({"architecture": "baseline1"}), (8, 8, 1), 3)
         x = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 1), dtype=np.uint8)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 
+import keras
 import numpy as np
 import pytest
 from conftest import pruned_study
@@ -59,30 +60,25 @@ def test_pruning_steps_are_epochs_trained(splits, tmp_path):
     assert second.last_step == 1  # pruned at the first rung: after 1 epoch, not 2
 
 
-class _SignalsSelf:
-    """A Keras callback that sends this process SIGINT ``times`` times after batch ``at``."""
+class _SignalsSelf(keras.callbacks.Callback):
+    """Sends this process SIGINT ``times`` times after batch ``at`` of the first epoch."""
 
-    def __new__(cls, at: int, times: int):
-        import keras
+    def __init__(self, at: int, times: int):
+        super().__init__()
+        self.at, self.times = at, times
+        self.begun: list[tuple[int, int]] = []
+        self.epoch = 0
 
-        class Callback(keras.callbacks.Callback):
-            def __init__(self):
-                super().__init__()
-                self.begun: list[tuple[int, int]] = []
-                self.epoch = 0
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
 
-            def on_epoch_begin(self, epoch, logs=None):
-                self.epoch = epoch
+    def on_train_batch_begin(self, batch, logs=None):
+        self.begun.append((self.epoch, batch))
 
-            def on_train_batch_begin(self, batch, logs=None):
-                self.begun.append((self.epoch, batch))
-
-            def on_train_batch_end(self, batch, logs=None):
-                if (self.epoch, batch) == (0, at):
-                    for _ in range(times):
-                        os.kill(os.getpid(), signal.SIGINT)
-
-        return Callback()
+    def on_train_batch_end(self, batch, logs=None):
+        if (self.epoch, batch) == (0, self.at):
+            for _ in range(self.times):
+                os.kill(os.getpid(), signal.SIGINT)
 
 
 @pytest.mark.parametrize("times", [1, 2])
