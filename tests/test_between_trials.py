@@ -39,6 +39,20 @@ def test_trials_in_one_process_do_not_pile_up_graphs():
     assert counts[-1] <= counts[0], counts
 
 
+def test_a_trial_repeated_after_others_in_the_same_process_trains_the_same():
+    """What one trial leaves in the process (kept caches, name counters) changes no result."""
+    splits, _ = load_splits(DataSpec(dataset="digits", limit=200))
+    histories = []
+    for seed in (1, 2, 1):
+        values = {"architecture": "baseline1", "epochs": 2, "seed": seed, "dropout": 0.2,
+                  "augmentation": "standard", "batch_norm": "after"}  # fmt: skip
+        result = run_trial(make_config(values), splits, verbose=0)
+        release_trial_state()
+        histories.append(result.history)
+    assert histories[0] != histories[1]  # the seed matters
+    assert histories[2] == histories[0]
+
+
 def test_uploader_runs_jobs_in_order_and_survives_a_failing_one():
     uploader = Uploader()
     done: list[int] = []

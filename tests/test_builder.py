@@ -229,3 +229,24 @@ def test_cosine_schedule_warms_up_linearly_from_zero_then_decays(warmup, rates):
     for step, rate in rates.items():
         optimizer.iterations.assign(step)
         assert float(optimizer.learning_rate) == pytest.approx(rate, abs=1e-6), step
+
+
+@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
+def test_fit_creates_no_variables_the_built_model_lacks(precision):
+    """Optimizer and metric state exist before fit (else TensorFlow traces each step twice)."""
+    keras.config.set_dtype_policy(precision)
+    try:
+        config = make_config({"architecture": "baseline1", "optimizer": "adam",
+                              "precision": precision})  # fmt: skip
+        model = build_model(config, SHAPE, 10)
+        before = {id(v) for v in [*model.variables, *model.optimizer.variables,
+                                  *model.metrics_variables]}  # fmt: skip
+        assert len(model.optimizer.variables) > 2 * len(model.trainable_variables)  # Adam's slots
+        labels = keras.utils.to_categorical(np.arange(8) % 10, 10)
+        history = model.fit(images(8), labels, batch_size=4, epochs=1, verbose=0)
+        after = {id(v) for v in [*model.variables, *model.optimizer.variables,
+                                 *model.metrics_variables]}  # fmt: skip
+    finally:
+        keras.config.set_dtype_policy("float32")
+    assert after == before
+    assert np.isfinite(history.history["loss"][0]) and 0 <= history.history["accuracy"][0] <= 1
