@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import math
 import statistics
 import sys
 import time
@@ -34,9 +35,8 @@ def main() -> None:
 
     import keras
 
-    from hpsearch.builder import build_model, build_network
+    from hpsearch.builder import build_model
     from hpsearch.config import DataSpec, make_config
-    from hpsearch.optimizers import build_optimizer
     from hpsearch.runner import release_traced_functions
     from hpsearch.session import release_trial_state
     from hpsearch.trial import load_splits
@@ -45,18 +45,7 @@ def main() -> None:
     classes = splits.num_classes
     train = (splits.x_train, keras.utils.to_categorical(splits.y_train, classes))
     val = (splits.x_val, keras.utils.to_categorical(splits.y_val, classes))
-    steps = -(-len(train[0]) // 32)
-
-    def keras_default(config):
-        model = build_network(config, splits.input_shape, classes)
-        model.compile(optimizer=build_optimizer(config, steps),
-                      loss="categorical_crossentropy", metrics=["accuracy"])  # fmt: skip
-        return model
-
-    def hpsearch(config):
-        return build_model(config, splits.input_shape, classes, steps)
-
-    ways = {"Keras builds them in fit": keras_default, "built before fit (hpsearch)": hpsearch}
+    ways = {"Keras builds them in fit": False, "built before fit (hpsearch)": True}
     rows: dict[str, list[tuple[float, float, float, float]]] = {name: [] for name in ways}
     gc.freeze()
     for index in range(2 * args.trials + 2):  # the first pair warms up
@@ -68,10 +57,11 @@ def main() -> None:
                               "batch_norm": ("after", "none", "before")[pair % 3]})  # fmt: skip
         keras.utils.set_random_seed(config.seed)
         started = time.perf_counter()
-        model = ways[name](config)
+        steps = math.ceil(len(train[0]) / config.batch_size)
+        model = build_model(config, splits.input_shape, classes, steps, training_state=ways[name])
         built = time.perf_counter()
-        fitted = model.fit(*train, batch_size=32, epochs=args.epochs, validation_data=val,
-                           shuffle=True, verbose=0)  # fmt: skip
+        fitted = model.fit(*train, batch_size=config.batch_size, epochs=args.epochs,
+                           validation_data=val, shuffle=True, verbose=0)  # fmt: skip
         fit = time.perf_counter() - built
         accuracy = fitted.history["val_accuracy"][-1]
         release_traced_functions(model)

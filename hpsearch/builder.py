@@ -122,8 +122,13 @@ def build_model(
     input_shape: tuple[int, int, int],
     num_classes: int,
     steps_per_epoch: int = 1,
+    training_state: bool = True,
 ) -> keras.Model:
-    """The compiled model: categorical cross-entropy, accuracy, the config's optimizer."""
+    """The compiled model: categorical cross-entropy, accuracy, the config's optimizer.
+
+    ``training_state=False`` leaves the optimizer and metric variables to Keras,
+    which makes them inside ``fit`` (``benchmarks/training_state.py`` compares).
+    """
     model = build_network(config, input_shape, num_classes)
     model.compile(
         optimizer=build_optimizer(config, steps_per_epoch),
@@ -132,7 +137,8 @@ def build_model(
         # JAX has no graph mode: without XLA it runs every op eagerly, one by one.
         jit_compile=config.jit_compile or keras.backend.backend() == "jax",
     )
-    build_training_state(model)
+    if training_state:
+        build_training_state(model)
     return model
 
 
