@@ -124,7 +124,8 @@ def build_model(
     steps_per_epoch: int = 1,
     training_state: bool = True,
 ) -> keras.Model:
-    """The compiled model: categorical cross-entropy, accuracy, the config's optimizer.
+    """The compiled model: categorical cross-entropy (with the config's label
+    smoothing), accuracy, the config's optimizer.
 
     ``training_state=False`` leaves the optimizer and metric variables to Keras,
     which makes them inside ``fit`` (``benchmarks/training_state.py`` compares).
@@ -132,7 +133,7 @@ def build_model(
     model = build_network(config, input_shape, num_classes)
     model.compile(
         optimizer=build_optimizer(config, steps_per_epoch),
-        loss="categorical_crossentropy",
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
         metrics=["accuracy"],
         # JAX has no graph mode: without XLA it runs every op eagerly, one by one.
         jit_compile=config.jit_compile or keras.backend.backend() == "jax",

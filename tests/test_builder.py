@@ -250,3 +250,16 @@ def test_fit_creates_no_variables_the_built_model_lacks(precision):
         keras.config.set_dtype_policy("float32")
     assert after == before
     assert np.isfinite(history.history["loss"][0]) and 0 <= history.history["accuracy"][0] <= 1
+
+
+def test_label_smoothing_moves_the_training_targets_off_one_hot():
+    labels = keras.utils.to_categorical([0, 1, 2, 3], 10)
+    confident = np.clip(labels, 1e-7, 1.0)  # the one-hot targets, predicted exactly
+    plain = build_model(make_config({"architecture": "baseline1"}), SHAPE, 10)
+    smoothed = build_model(
+        make_config({"architecture": "baseline1", "label_smoothing": 0.2}), SHAPE, 10
+    )
+    assert float(plain.loss(labels, confident)) == pytest.approx(0.0, abs=1e-5)
+    # targets 0.82 on the true class, 0.02 elsewhere: confidence now costs ~2.9 nats
+    expected = -(0.82 * np.log(1.0) + 9 * 0.02 * np.log(1e-7))
+    assert float(smoothed.loss(labels, confident)) == pytest.approx(expected, rel=1e-3)

@@ -72,6 +72,7 @@ def test_config_yaml_round_trip(tmp_path):
         ({"colour": "red"}, ["unknown key 'colour'", "'red'", "batch_norm"]),
         ({"warmup_epochs": 2}, ["warmup_epochs", "lr_schedule: cosine", "constant"]),
         ({"warmup_epochs": 20, "lr_schedule": "cosine"}, ["warmup_epochs (20)", "epochs (20)"]),
+        ({"label_smoothing": 1.0}, ["label_smoothing", "1.0", "in [0, 1)"]),
     ],
 )
 def test_config_rejects_bad_values_naming_key_value_and_choices(values, fragments):
