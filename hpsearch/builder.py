@@ -10,6 +10,10 @@ every block's filters (1 gives the reference networks).
   residual[conv128 x2] -> conv256 -> pool -> conv512 -> pool -> residual[conv512 x2] ->
   global max pool -> dense
 
+``logit_scale`` multiplies the last features ahead of their pooling, hence
+the logits (Page's resnet9: 0.125, which keeps the softmax unsaturated at the
+start and under high SGD rates).
+
 Dropout, where used, follows each block (its pooling, or its residual
 addition). The model takes raw uint8 images and scales them to [0, 1] in its
 first layer. Imports neither Optuna nor MLflow; uses ``keras`` only, so it runs
@@ -92,6 +96,8 @@ def _vgg_body(x, config: TrialConfig):
     for block, (filters, convs) in enumerate(ARCHITECTURES[config.architecture], start=1):
         for index in range(1, convs + 1):
             x = _conv_unit(x, filters * config.width, config, name=f"block{block}_{index}")
+        if block == len(ARCHITECTURES[config.architecture]):
+            x = _logit_scale(x, config)
         x = keras.layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
         x = _dropout(x, rates[block - 1], block)
     return keras.layers.Flatten(name="flatten")(x)
@@ -110,7 +116,21 @@ def _resnet9_body(x, config: TrialConfig):
             branch = _conv_unit(branch, filters, config, name=f"block{block}_3")
             x = keras.layers.Add(name=f"block{block}_add")([x, branch])
         x = _dropout(x, rates[block - 1], block)
+    x = _logit_scale(x, config)
     return keras.layers.GlobalMaxPooling2D(name="global_pool")(x)
+
+
+def _logit_scale(x, config: TrialConfig):
+    """The features times ``logit_scale``, ahead of the last (max) pooling.
+
+    Max pooling and the Dense are linear in a positive factor, so the logits
+    come out scaled (Page's resnet9 multiplies them by 0.125); the Dense's
+    bias, zero at the start, is left unscaled. Placed here, the head keeps
+    its shape (pooling, Dense), which Grad-CAM reads.
+    """
+    if config.logit_scale == 1.0:
+        return x
+    return keras.layers.Rescaling(config.logit_scale, name="logit_scale")(x)
 
 
 def _dropout(x, rate: float, block: int):

@@ -83,6 +83,8 @@ class TrialConfig(BaseModel):
     lr_schedule: LrSchedule = "constant"
     # Cosine only: the rate climbs linearly from 0 over these first epochs, then decays.
     warmup_epochs: int = Field(default=0, ge=0, le=1000)
+    # Multiplies the logits (Page's resnet9: 0.125); 1 leaves the network as it was.
+    logit_scale: float = Field(default=1.0, gt=0.0, le=10.0, description="in (0, 10]")
     # The training loss's targets: 1 - s on the true class, s spread over all classes.
     label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0, description="in [0, 1)")
     batch_size: int = Field(default=32, ge=1, le=8192)

@@ -263,3 +263,29 @@ def test_label_smoothing_moves_the_training_targets_off_one_hot():
     # targets 0.82 on the true class, 0.02 elsewhere: confidence now costs ~2.9 nats
     expected = -(0.82 * np.log(1.0) + 9 * 0.02 * np.log(1e-7))
     assert float(smoothed.loss(labels, confident)) == pytest.approx(expected, rel=1e-3)
+
+
+@pytest.mark.parametrize("architecture", ["baseline1", "resnet9"])
+def test_logit_scale_multiplies_the_logits_and_adds_no_weights(architecture):
+    def probabilities(scale: float) -> tuple[np.ndarray, int]:
+        keras.utils.set_random_seed(3)
+        model = network(architecture=architecture, batch_norm="before", logit_scale=scale)
+        return model.predict(images(6), verbose=0), len(model.weights)
+
+    plain, plain_weights = probabilities(1.0)
+    scaled, scaled_weights = probabilities(0.125)
+    assert scaled_weights == plain_weights
+    # the Dense's bias starts at zero: softmax(0.125 * logits) = softmax(0.125 * log p)
+    expected = np.exp(0.125 * np.log(plain))
+    expected /= expected.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(scaled, expected, rtol=1e-4, atol=1e-6)
+    assert scaled.max(axis=1).mean() < plain.max(axis=1).mean()  # less confident at the start
+
+
+def test_grad_cam_reads_a_network_with_a_logit_scale():
+    from hpsearch.analysis import grad_cam
+
+    for architecture in ("baseline1", "resnet9"):
+        model = network(architecture=architecture, logit_scale=0.125)
+        heatmaps = grad_cam(model, images(2))
+        assert heatmaps.shape[0] == 2 and np.isfinite(heatmaps).all()
