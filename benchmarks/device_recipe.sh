@@ -2,8 +2,9 @@
 # resnet9 with the DAWNBench-style recipe (Page, "How to train your ResNet"): SGD with Nesterov
 # momentum at a high rate after a linear warm-up, batch 512, L2 2.5e-4 (Keras's L2 adds
 # 2 * 2.5e-4 * w to the gradient, Page's 5e-4), logits times 0.125, label smoothing 0.2; three
-# variants side by side on the one GPU, each with a training-time budget. Same set-up as device_check.sh (wheels in
-# .whl/, the archive in data/, results in $OUT); SMALL=1 checks the script on a CPU:
+# variants side by side on the one GPU, each with a training-time budget. Same set-up as
+# device_check.sh (wheels in .whl/, the archive in data/, results in $OUT); SMALL=1 checks the
+# script on a CPU:
 #     bash benchmarks/device_recipe.sh
 set -u
 OUT=${OUT:-/tmp/device-out}
