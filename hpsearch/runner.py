@@ -196,9 +196,15 @@ def train_final(
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int = 2,
 ) -> FinalResult:
-    """Fit on training + validation data for ``epochs`` epochs, then evaluate on the test set."""
+    """Fit on training + validation data for ``epochs`` epochs, then evaluate on the test set.
+
+    A cosine schedule spans the ``epochs`` of this fit, not the trial's maximum:
+    the final model is trained to the end of its schedule, whatever epoch early
+    stopping picked in the trial.
+    """
     images = np.concatenate([splits.x_train, splits.x_val])
     labels = np.concatenate([splits.y_train, splits.y_val])
+    config = schedule_over(config, epochs)
     keras.config.set_dtype_policy(config.precision)
     try:
         extra = [keras.callbacks.TerminateOnNaN(), *callbacks]
@@ -211,6 +217,19 @@ def train_final(
     finally:
         keras.config.set_dtype_policy("float32")
     return FinalResult(model, history, epochs, loss, accuracy, probabilities, fit_time)
+
+
+def schedule_over(config: TrialConfig, epochs: int) -> TrialConfig:
+    """``config`` with its epochs (the cosine decay's length) set to ``epochs``.
+
+    A warm-up that would not be shorter than the new length is cut to one epoch less.
+    """
+    if epochs == config.epochs:
+        return config
+    warmup = min(config.warmup_epochs, epochs - 1)
+    return TrialConfig.model_validate(
+        {**config.model_dump(), "epochs": epochs, "warmup_epochs": warmup}
+    )
 
 
 def release_traced_functions(model: keras.Model) -> None:

@@ -98,3 +98,34 @@ def test_ctrl_c_in_fit_is_raised_at_the_next_step_boundary_or_at_once_the_second
         assert signaller.begun[-1] == (0, 2)
         assert innermost.name == "note"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+
+@pytest.mark.parametrize(("warmup", "final_epochs"), [(0, 3), (2, 2)])
+def test_the_final_fit_runs_its_cosine_schedule_to_the_end(splits, warmup, final_epochs):
+    """Retrained for fewer epochs than the trial's maximum, the rate still decays to zero."""
+    from hpsearch.runner import train_final
+
+    config = make_config({"architecture": "baseline1", "epochs": 8, "optimizer": "sgd_momentum",
+                          "learning_rate": 0.05, "lr_schedule": "cosine",
+                          "warmup_epochs": warmup, "augmentation": "standard",
+                          "dropout": 0.2})  # fmt: skip
+    result = train_final(config, splits, final_epochs, verbose=0)
+    rates = result.history["learning_rate"]
+    assert len(rates) == final_epochs
+    assert rates[-1] == pytest.approx(0.0, abs=1e-6)  # over 8 epochs it would still be > 0.02
+    assert rates[0] > 0.01
+    assert 0.0 <= result.test_accuracy <= 1.0
+
+
+def test_schedule_over_keeps_every_other_factor():
+    from hpsearch.runner import schedule_over
+
+    config = make_config({"architecture": "baseline2", "epochs": 30, "lr_schedule": "cosine",
+                          "warmup_epochs": 5, "dropout": "0.2/0.3/0.4",
+                          "augmentation": "standard+cutout", "label_smoothing": 0.1})  # fmt: skip
+    assert schedule_over(config, 30) is config
+    shorter = schedule_over(config, 4)
+    assert (shorter.epochs, shorter.warmup_epochs) == (4, 3)
+    assert shorter.model_dump(exclude={"epochs", "warmup_epochs"}) == config.model_dump(
+        exclude={"epochs", "warmup_epochs"}
+    )
