@@ -60,11 +60,17 @@ def _conv_unit(x, filters: int, config: TrialConfig, name: str):
         name=f"{name}_conv",
     )(x)
     if config.batch_norm == "before":
-        x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+        x = _batch_norm(x, config, name)
     x = keras.layers.Activation(config.activation, name=f"{name}_act")(x)
     if config.batch_norm == "after":
-        x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+        x = _batch_norm(x, config, name)
     return x
+
+
+def _batch_norm(x, config: TrialConfig, name: str):
+    return keras.layers.BatchNormalization(momentum=config.batch_norm_momentum, name=f"{name}_bn")(
+        x
+    )
 
 
 def build_network(

@@ -24,6 +24,8 @@ Initializer = Literal[
     "he_uniform",
     "glorot_normal",
     "glorot_uniform",
+    "lecun_normal",
+    "lecun_uniform",
     "random_normal",
     "random_uniform",
     "zeros",
@@ -63,6 +65,8 @@ class TrialConfig(BaseModel):
     # Multiplies every block's filters (1: the reference networks; beyond the study).
     width: int = Field(default=1, ge=1, le=8, description="filter multiplier, 1 to 8")
     batch_norm: BatchNorm = "none"  # "before" = conv -> BN -> activation
+    # The moving statistics' decay per step (Keras: 0.99; PyTorch's default: 0.9).
+    batch_norm_momentum: float = Field(default=0.99, gt=0.0, lt=1.0, description="in (0, 1)")
     activation: Activation = "relu"
     kernel_initializer: Initializer = "glorot_uniform"
     # No dropout, one rate after every block, or one rate per block.

@@ -109,6 +109,7 @@ def test_activation_is_applied(activation):
     [
         ("he_normal", keras.initializers.HeNormal),
         ("glorot_uniform", keras.initializers.GlorotUniform),
+        ("lecun_uniform", keras.initializers.LecunUniform),
         ("random_uniform", keras.initializers.RandomUniform),
         ("zeros", keras.initializers.Zeros),
     ],
@@ -289,3 +290,17 @@ def test_grad_cam_reads_a_network_with_a_logit_scale():
         model = network(architecture=architecture, logit_scale=0.125)
         heatmaps = grad_cam(model, images(2))
         assert heatmaps.shape[0] == 2 and np.isfinite(heatmaps).all()
+
+
+@pytest.mark.parametrize("placement", ["before", "after"])
+def test_batch_norm_momentum_is_applied(placement):
+    default = network(batch_norm=placement).get_layer("block1_1_bn")
+    assert default.momentum == pytest.approx(0.99)
+    model = network(batch_norm=placement, batch_norm_momentum=0.9)
+    layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(layers) == 6 and all(layer.momentum == pytest.approx(0.9) for layer in layers)
+    # one training step moves the moving mean 10% of the way to the batch mean (not 1%)
+    layer = model.get_layer("block1_1_bn")
+    batch = keras.ops.ones((2, 4, 4, 32)) * 5.0
+    layer(batch, training=True)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.moving_mean), 0.5, rtol=1e-5)
