@@ -2,7 +2,7 @@
 
 Two kinds, because two kinds exist:
 
-* image-only augmentations (``standard``, ``cutout``, ``gridmask``) are layers
+* image-only augmentations (``standard``, ``crop``, ``cutout``, ``gridmask``) are layers
   inside the model, after pixel scaling. Keras runs them when ``training=True``
   (``fit``) and passes images through untouched in ``predict``/``evaluate``.
 * label-mixing augmentations (``mixup``, ``cutmix``) change the labels too, so
@@ -21,13 +21,17 @@ import keras
 import numpy as np
 from keras import ops
 
-IN_MODEL = ("standard", "cutout", "gridmask")
+IN_MODEL = ("standard", "crop", "cutout", "gridmask")
 LABEL_MIXING = ("mixup", "cutmix")
 
 # Strengths of the reference study's "standard" augmentation (ImageDataGenerator
 # width/height_shift_range=0.1, horizontal_flip=True, zoom_range=0.1).
 SHIFT_FRACTION = 0.1
 ZOOM_FRACTION = 0.1
+# "crop": the DAWNBench recipe's random 32x32 crop of the image padded by 4 reflected pixels,
+# plus a horizontal flip. Whole-pixel shifts (nearest sampling): no interpolation blurs the
+# training images, unlike the fractional shifts and the zoom of "standard".
+CROP_FRACTION = 4 / 32
 CUTOUT_AREA = (0.05, 0.25)  # erased area as a fraction of the image (16x16 of 32x32 = 0.25)
 
 
@@ -91,7 +95,9 @@ class GridMask(keras.layers.Layer):
 
 
 # the names in_model_layers gives its layers; the exported network leaves them out
-IN_MODEL_LAYER_NAMES = frozenset({"shift", "flip", "zoom", "cutout", "gridmask"})
+IN_MODEL_LAYER_NAMES = frozenset(
+    {"shift", "flip", "zoom", "crop", "crop_flip", "cutout", "gridmask"}
+)
 
 
 def in_model_layers(augmentation: Sequence[str], seed: int) -> list[keras.layers.Layer]:
@@ -104,6 +110,18 @@ def in_model_layers(augmentation: Sequence[str], seed: int) -> list[keras.layers
             ),
             keras.layers.RandomFlip("horizontal", seed=seed + 1, name="flip"),
             keras.layers.RandomZoom(ZOOM_FRACTION, fill_mode="nearest", seed=seed + 2, name="zoom"),
+        ]
+    if "crop" in augmentation:
+        layers += [
+            keras.layers.RandomTranslation(
+                CROP_FRACTION,
+                CROP_FRACTION,
+                fill_mode="reflect",
+                interpolation="nearest",
+                seed=seed + 5,
+                name="crop",
+            ),
+            keras.layers.RandomFlip("horizontal", seed=seed + 6, name="crop_flip"),
         ]
     if "cutout" in augmentation:
         layers.append(

@@ -47,7 +47,7 @@ Optimizer = Literal[
     "lion",
 ]
 LrSchedule = Literal["constant", "cosine", "plateau"]
-Augmentation = Literal["standard", "cutout", "mixup", "cutmix", "gridmask"]
+Augmentation = Literal["standard", "crop", "cutout", "mixup", "cutmix", "gridmask"]
 Precision = Literal["float32", "mixed_float16", "mixed_bfloat16"]
 Monitor = Literal["val_loss", "val_accuracy"]
 
@@ -94,7 +94,7 @@ class TrialConfig(BaseModel):
     batch_size: int = Field(default=32, ge=1, le=8192)
     augmentation: tuple[Augmentation, ...] = Field(
         default=(),
-        description="none, or any of standard, cutout, mixup, cutmix, gridmask joined by +",
+        description="none, or any of standard, crop, cutout, mixup, cutmix, gridmask joined by +",
     )
     epochs: int = Field(default=20, ge=1, le=10_000)  # maximum; early stopping may end sooner
     patience: int = Field(default=3, ge=0)  # early stopping on `monitor`

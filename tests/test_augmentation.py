@@ -21,7 +21,7 @@ def scaled(images: np.ndarray) -> np.ndarray:
     return images.astype("float32") / 255
 
 
-@pytest.mark.parametrize("name", ["standard", "cutout", "gridmask"])
+@pytest.mark.parametrize("name", ["standard", "crop", "cutout", "gridmask"])
 def test_in_model_augmentation_changes_training_batches_only(name):
     layers = in_model_layers([name], seed=1)
     assert layers
@@ -43,13 +43,31 @@ def test_cutout_and_gridmask_erase_pixels_to_zero():
         assert 0.01 < zeroed < 0.6, (name, zeroed)
 
 
+def test_crop_shifts_whole_pixels_where_standard_interpolates():
+    """Every pixel of a cropped image is one of the image's own (reflected, shifted, flipped)."""
+    size = int(np.prod(SHAPE))
+    x = np.stack([np.arange(size, dtype="float32").reshape(SHAPE) / size] * 8)
+    indices = {}  # each output value as the index of the input pixel it would copy
+    for name in ("crop", "standard"):
+        stack = keras.Sequential(in_model_layers([name], seed=3))
+        indices[name] = keras.ops.convert_to_numpy(stack(x, training=True)) * size
+    crop = indices["crop"]
+    np.testing.assert_allclose(crop, np.round(crop), atol=1e-3)  # no blend of two pixels
+    assert sum(not np.allclose(image, x[0] * size) for image in crop) >= 6
+    standard = indices["standard"]
+    assert np.abs(standard - np.round(standard)).max() > 0.1  # interpolated
+    # shifted by at most 4 pixels: the centre pixel comes from within 4 rows of the centre
+    rows = set((np.round(crop[:, 16, 16, 0]).astype(int) // (SHAPE[1] * SHAPE[2])).tolist())
+    assert rows <= set(range(12, 21)) and len(rows) > 1
+
+
 def test_gridmask_round_trips_through_config():
     layer = GridMask(ratio=0.4, rate=0.9, seed=3)
     clone = GridMask.from_config(layer.get_config())
     assert (clone.ratio, clone.rate, clone.seed) == (0.4, 0.9, 3)
 
 
-@pytest.mark.parametrize("augmentation", ["standard+cutout+gridmask", "mixup+cutmix"])
+@pytest.mark.parametrize("augmentation", ["standard+cutout+gridmask", "crop", "mixup+cutmix"])
 def test_inference_is_untouched_by_augmentation(augmentation):
     plain = build_network(make_config({"seed": 4}), SHAPE, 10)
     augmented = build_network(make_config({"seed": 4, "augmentation": augmentation}), SHAPE, 10)

@@ -62,13 +62,14 @@ def test_resnet9_is_a_stem_three_pooled_blocks_two_residual_pairs_and_a_global_p
 
 @pytest.mark.parametrize("architecture", ["baseline2", "resnet9"])
 def test_inference_model_drops_augmentation_and_keeps_the_trained_weights(tmp_path, architecture):
-    config = make_config({"architecture": architecture, "augmentation": "standard+cutout",
+    config = make_config({"architecture": architecture, "augmentation": "standard+crop+cutout",
                           "batch_norm": "before", "dropout": 0.3})  # fmt: skip
     model = build_network(config, SHAPE, 10)
     exported = inference_model(model, config)
     names = {layer.name for layer in exported.layers}
-    assert not names & {"shift", "flip", "zoom", "cutout"}
-    assert {"shift", "flip", "zoom", "cutout"} <= {layer.name for layer in model.layers}
+    augmentation = {"shift", "flip", "zoom", "crop", "crop_flip", "cutout"}
+    assert not names & augmentation
+    assert augmentation <= {layer.name for layer in model.layers}
     # the same variables, none new
     assert {id(v) for v in exported.weights} == {id(v) for v in model.weights}
     x = images(6)
