@@ -60,6 +60,14 @@ def test_resnet9_is_a_stem_three_pooled_blocks_two_residual_pairs_and_a_global_p
         make_config({"architecture": "resnet9", "dropout": "0.1/0.2"})
 
 
+def test_a_network_without_augmentation_is_its_own_inference_model(tmp_path):
+    config = make_config({"architecture": "baseline1", "dropout": 0.3})
+    model = build_network(config, SHAPE, 10)
+    assert inference_model(model, config) is model
+    augmented = build_network(config.model_copy(update={"augmentation": ("cutout",)}), SHAPE, 10)
+    assert inference_model(augmented, config) is not augmented
+
+
 @pytest.mark.parametrize("architecture", ["baseline2", "resnet9"])
 def test_inference_model_drops_augmentation_and_keeps_the_trained_weights(tmp_path, architecture):
     config = make_config({"architecture": architecture, "augmentation": "standard+crop+cutout",
