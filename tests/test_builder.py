@@ -60,12 +60,20 @@ def test_resnet9_is_a_stem_three_pooled_blocks_two_residual_pairs_and_a_global_p
         make_config({"architecture": "resnet9", "dropout": "0.1/0.2"})
 
 
-def test_a_network_without_augmentation_is_its_own_inference_model(tmp_path):
+def test_a_network_without_augmentation_exports_its_own_graph_uncompiled(tmp_path):
     config = make_config({"architecture": "baseline1", "dropout": 0.3})
-    model = build_network(config, SHAPE, 10)
-    assert inference_model(model, config) is model
-    augmented = build_network(config.model_copy(update={"augmentation": ("cutout",)}), SHAPE, 10)
-    assert inference_model(augmented, config) is not augmented
+    model = build_model(config, SHAPE, 10)  # compiled, with Adam's slots
+    exported = inference_model(model, config)
+    assert [layer.name for layer in exported.layers] == [layer.name for layer in model.layers]
+    assert {id(v) for v in exported.weights} == {id(v) for v in model.weights}
+    assert not exported.compiled
+    exported.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    assert not loaded.compiled  # no optimizer state saved with it
+    x = images(3)
+    np.testing.assert_allclose(
+        loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("architecture", ["baseline2", "resnet9"])
