@@ -198,7 +198,7 @@ def inference_model(model: keras.Model, config: TrialConfig) -> keras.Model:
     it is, into an uncompiled model (no optimizer state in the saved file).
     """
     if not any(layer.name in IN_MODEL_LAYER_NAMES for layer in model.layers):
-        return keras.Model(model.inputs, model.outputs, name=model.name)
+        return keras.Model(model.input, model.output, name=model.name)
 
     def leave_out_augmentation(layer, *args, **kwargs):
         return args[0] if layer.name in IN_MODEL_LAYER_NAMES else layer(*args, **kwargs)

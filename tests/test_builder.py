@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -67,6 +69,9 @@ def test_a_network_without_augmentation_exports_its_own_graph_uncompiled(tmp_pat
     assert [layer.name for layer in exported.layers] == [layer.name for layer in model.layers]
     assert {id(v) for v in exported.weights} == {id(v) for v in model.weights}
     assert not exported.compiled
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # its input is one tensor, as the network's is
+        exported(images(2))
     exported.save(tmp_path / "model.keras")
     loaded = keras.saving.load_model(tmp_path / "model.keras")
     assert not loaded.compiled  # no optimizer state saved with it
