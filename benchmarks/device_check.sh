@@ -6,18 +6,10 @@
 #     bash benchmarks/device_check.sh
 # Each step has its own time limit, so one that overruns does not cost the others.
 set -u
-OUT=${OUT:-/tmp/device-out}
+. benchmarks/device_env.sh
 # Logs are packed into $OUT/logs.tgz (a device call brings back at most 8 files).
 LOGS=${LOGS:-/tmp/device-logs}
-mkdir -p "$OUT" "$LOGS" /tmp/site
-WHEELS=${WHEELS:-.whl}  # WHEELS=none where everything is installed
-if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site "$WHEELS"/*.whl || exit 1
-fi
-export KERAS_BACKEND=jax PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD
-export HPSEARCH_RESULTS=$OUT/RESULTS-gpu.md
-DATA=${DATA:-data/cifar10-jpeg.tar.gz}
+mkdir -p "$LOGS"
 # SMALL=1: a few images and epochs, to check the script itself on a CPU.
 if [ "${SMALL:-0}" = 1 ]; then
   PIPE=(--images 512 --epochs 1) LONG=(--limit 300 --epochs 3) SHORT=(--limit 300 --epochs 2)

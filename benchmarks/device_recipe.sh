@@ -9,16 +9,8 @@
 # script on a CPU:
 #     bash benchmarks/device_recipe.sh
 set -u
-OUT=${OUT:-/tmp/device-out}
-mkdir -p "$OUT" /tmp/site
-WHEELS=${WHEELS:-.whl}
-if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site "$WHEELS"/*.whl || exit 1
-fi
-export KERAS_BACKEND=jax PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD
-export HPSEARCH_RESULTS=$OUT/RESULTS-gpu.md XLA_PYTHON_CLIENT_MEM_FRACTION=0.22
-DATA=${DATA:-data/cifar10-jpeg.tar.gz}
+. benchmarks/device_env.sh
+export XLA_PYTHON_CLIENT_MEM_FRACTION=0.22  # four processes share the GPU
 if [ "${SMALL:-0}" = 1 ]; then
   SIZE=(--limit 300 --epochs 2) WARMUP=1 BUDGET=0 LIMIT=900
 else

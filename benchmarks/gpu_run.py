@@ -71,6 +71,11 @@ class Clock:
         self.stopped = 0
         self.callback = _Callback()
 
+    def seconds_per_epoch(self) -> float:
+        """Mean epoch time after the first (which includes compilation), if there was more."""
+        steady = self.epochs[1:] or self.epochs
+        return sum(steady) / len(steady)
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -119,8 +124,7 @@ def main() -> None:
     )  # fmt: skip
     clock = Clock(budget=args.budget)
     result = run_trial(config, splits, [clock.callback], evaluate_test=True, verbose=2)
-    steady = clock.epochs[1:] or clock.epochs
-    seconds_per_epoch = sum(steady) / len(steady)
+    seconds_per_epoch = clock.seconds_per_epoch()
     images_per_second = len(splits.x_train) / seconds_per_epoch
 
     def reached(mark: float) -> str:
@@ -154,12 +158,11 @@ def main() -> None:
     if args.final:
         final_clock = Clock(marks=())
         final = train_final(config, splits, result.epochs_run, [final_clock.callback], verbose=2)
-        final_steady = final_clock.epochs[1:] or final_clock.epochs
         rows += [
             ["final model: training + validation images",
              len(splits.x_train) + len(splits.x_val)],
             ["final model: epochs, seconds per epoch",
-             f"{final.epochs}, {sum(final_steady) / len(final_steady):.2f}"],
+             f"{final.epochs}, {final_clock.seconds_per_epoch():.2f}"],
             ["final model: training accuracy at the end", f"{final.history['accuracy'][-1]:.4f}"],
             ["final model: test accuracy", f"**{final.test_accuracy:.4f}**"],
         ]  # fmt: skip

@@ -68,9 +68,8 @@ def _conv_unit(x, filters: int, config: TrialConfig, name: str):
 
 
 def _batch_norm(x, config: TrialConfig, name: str):
-    return keras.layers.BatchNormalization(momentum=config.batch_norm_momentum, name=f"{name}_bn")(
-        x
-    )
+    layer = keras.layers.BatchNormalization(momentum=config.batch_norm_momentum, name=f"{name}_bn")
+    return layer(x)
 
 
 def build_network(
