@@ -17,7 +17,8 @@ class StudyProgress:
         self.started = time.monotonic()
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        states = [t.state for t in study.get_trials(deepcopy=False)]
+        trials = study.get_trials(deepcopy=False)  # one read of the storage, counts and best
+        states = [t.state for t in trials]
         done = sum(s != TrialState.RUNNING and s != TrialState.WAITING for s in states)
         counts = {
             "complete": states.count(TrialState.COMPLETE),
@@ -34,10 +35,20 @@ class StudyProgress:
         seconds = (trial.datetime_complete - trial.datetime_start).total_seconds()
         of = f"/{self.target}" if self.target else ""
         summary = ", ".join(f"{n} {k}" for k, n in counts.items())
-        best = ""
-        if counts["complete"]:
-            best = f" | best {study.best_value:.4f} (trial {study.best_trial.number})"
+        best = _best(trials, study.direction)
+        best_text = f" | best {best.value:.4f} (trial {best.number})" if best else ""
         self.echo(
             f"[{study.study_name}] trial {trial.number} {outcome} in {seconds:.1f}s"
-            f" | {done}{of} done: {summary}{best}"
+            f" | {done}{of} done: {summary}{best_text}"
         )
+
+
+def _best(
+    trials: list[optuna.trial.FrozenTrial], direction: optuna.study.StudyDirection
+) -> optuna.trial.FrozenTrial | None:
+    """The completed trial with the best value (the earliest of equals), as ``study.best_trial``."""
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if not complete:
+        return None
+    sign = 1 if direction == optuna.study.StudyDirection.MAXIMIZE else -1
+    return max(complete, key=lambda t: (sign * t.value, -t.number))

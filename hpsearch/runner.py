@@ -20,6 +20,7 @@ from hpsearch.config import TrialConfig
 from hpsearch.datasets import Splits
 from hpsearch.errors import TrialFailed
 from hpsearch.interrupts import interrupts_between_steps
+from hpsearch.session import seed_trial
 
 
 @dataclass
@@ -89,7 +90,7 @@ def _fit(
     validation: tuple[np.ndarray, np.ndarray] | None,
 ) -> tuple[keras.Model, dict[str, list[float]], float]:
     """Seed, build and fit; returns the model, the history and the seconds in ``fit``."""
-    keras.utils.set_random_seed(config.seed)
+    seed_trial(config.seed)
     classes = splits.num_classes
     onehot = keras.utils.to_categorical(labels, classes)
     steps = math.ceil(len(images) / config.batch_size)

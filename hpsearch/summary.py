@@ -59,6 +59,7 @@ def _plots(study: optuna.Study, folder: Path) -> list[Path]:
             log.info("%s not drawn: %s", name, error)  # e.g. importances need 2+ varied trials
             continue
         figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
+        figure.set_layout_engine("none")  # Optuna's history plot asks for a tight layout
         figure.set_size_inches(8, 5)
         figure.subplots_adjust(left=left, right=right, top=0.9, bottom=0.12)
         figure.savefig(folder / name, dpi=100)

@@ -6,6 +6,7 @@ import gc
 import threading
 
 import keras
+import numpy as np
 import optuna
 import pytest
 from conftest import TRIAL_ARTIFACTS, parents_and_children
@@ -13,7 +14,7 @@ from conftest import TRIAL_ARTIFACTS, parents_and_children
 from hpsearch.config import DataSpec, make_config
 from hpsearch.driver import StaleTrialHandler, run_search
 from hpsearch.runner import run_trial
-from hpsearch.session import release_trial_state
+from hpsearch.session import release_trial_state, seed_trial
 from hpsearch.study import parse_study
 from hpsearch.trial import load_splits
 from hpsearch.uploads import Uploader
@@ -51,6 +52,30 @@ def test_a_trial_repeated_after_others_in_the_same_process_trains_the_same():
         histories.append(result.history)
     assert histories[0] != histories[1]  # the seed matters
     assert histories[2] == histories[0]
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow's seed")
+def test_seeding_a_trial_sets_tensorflows_seed_as_set_seed_does_but_keeps_its_kernels():
+    import tensorflow as tf
+    from tensorflow.python.eager import context
+    from tensorflow.python.framework import random_seed
+
+    tf.random.set_seed(11)
+    expected = [random_seed.get_seed(None) for _ in range(3)]  # (global, op) seeds of new ops
+    seed_trial(11)
+    assert [random_seed.get_seed(None) for _ in range(3)] == expected
+
+    # A stateful kernel seeded explicitly keeps its stream: its kernel was not made again.
+    tf.random.set_seed(0)
+    first = tf.random.uniform([4], seed=5).numpy()
+    seed_trial(0)
+    release_trial_state()
+    assert not np.array_equal(tf.random.uniform([4], seed=5).numpy(), first)
+    tf.random.set_seed(0)  # TensorFlow's own call empties the cache: the stream starts again
+    assert np.array_equal(tf.random.uniform([4], seed=5).numpy(), first)
+    # nothing of the override is left on the context
+    assert "_set_global_seed" not in vars(context.context())
+    assert "clear_kernel_cache" not in vars(context.context())
 
 
 def test_uploader_runs_jobs_in_order_and_survives_a_failing_one():

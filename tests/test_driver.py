@@ -181,3 +181,25 @@ def test_summary_draws_importances_only_for_two_completed_trials_with_searched_p
     assert drawn(searched, 1) == {"optimization_history.png"}
     assert drawn(searched, 3) == {"optimization_history.png", "param_importances.png"}
     assert (tmp_path / "param_importances.png").stat().st_size > 0
+
+
+def test_the_progress_line_counts_outcomes_and_names_the_best_trial_as_optuna_does():
+    from hpsearch.progress import StudyProgress
+
+    for direction, values in (("maximize", [0.3, 0.9, None, 0.9, 0.1]),
+                              ("minimize", [0.3, 0.9, None, 0.1, 0.1])):  # fmt: skip
+        lines: list[str] = []
+        study = optuna.create_study(direction=direction)
+
+        def objective(trial, values=values):
+            value = values[trial.number]
+            if value is None:
+                raise optuna.TrialPruned()
+            return value
+
+        study.optimize(objective, n_trials=len(values), callbacks=[StudyProgress(5, lines.append)])
+        best = study.best_trial
+        assert best.number == (1 if direction == "maximize" else 3)  # the earliest of equals
+        counts = "5/5 done: 4 complete, 1 pruned, 0 failed"
+        assert lines[-1].endswith(f"| {counts} | best {best.value:.4f} (trial {best.number})")
+        assert "trial 2 pruned" in lines[2] and "best" in lines[2]
