@@ -111,7 +111,7 @@ def main() -> None:
     import keras
 
     from hpsearch.config import make_config, make_data_spec
-    from hpsearch.runner import run_trial, train_final
+    from hpsearch.runner import evaluate, run_trial, train_final
     from hpsearch.trial import load_splits
 
     spec = make_data_spec({"dataset": "folder", "data_dir": args.data_dir,
@@ -155,6 +155,10 @@ def main() -> None:
         ["best validation accuracy", f"{result.best_val_accuracy:.4f}"],
         ["test accuracy", f"{result.test_metrics['test_accuracy']:.4f}"],
     ]
+    test = (splits.x_test, splits.y_test, splits.num_classes)
+    if config.test_time_flip:  # what the mirror average adds
+        rows.append(["test accuracy without the mirror average",
+                     f"{evaluate(result.model, *test)[1]:.4f}"])  # fmt: skip
     if args.final:
         final_clock = Clock(marks=())
         final = train_final(config, splits, result.epochs_run, [final_clock.callback], verbose=2)
@@ -166,6 +170,9 @@ def main() -> None:
             ["final model: training accuracy at the end", f"{final.history['accuracy'][-1]:.4f}"],
             ["final model: test accuracy", f"**{final.test_accuracy:.4f}**"],
         ]  # fmt: skip
+        if config.test_time_flip:
+            rows.append(["final model: test accuracy without the mirror average",
+                         f"{evaluate(final.model, *test)[1]:.4f}"])  # fmt: skip
     changed = "".join(f", {k}={v}" for k, v in overrides.items())
     record(f"GPU run: combined configuration{changed}, {args.epochs} epochs, {args.augmentation} "
            f"augmentation, {args.precision}, jit {args.jit_compile}",

@@ -23,6 +23,7 @@ on the JAX backend too.
 from __future__ import annotations
 
 import keras
+import numpy as np
 
 from hpsearch.augmentation import IN_MODEL_LAYER_NAMES, in_model_layers
 from hpsearch.config import TrialConfig
@@ -186,7 +187,18 @@ def build_training_state(model: keras.Model) -> None:
 
 
 def inference_model(model: keras.Model, config: TrialConfig) -> keras.Model:
-    """The trained network without its augmentation layers, for export.
+    """The trained network as exported: no augmentation layers, and mirror-averaged
+    (:func:`with_mirror_average`) when the config asks for ``test_time_flip``."""
+    return tested_model(inference_network(model), config)
+
+
+def tested_model(model: keras.Model, config: TrialConfig) -> keras.Model:
+    """What the test set runs through: ``model``, mirror-averaged if ``test_time_flip``."""
+    return with_mirror_average(model) if config.test_time_flip else model
+
+
+def inference_network(model: keras.Model) -> keras.Model:
+    """The trained network without its augmentation layers.
 
     The trained layers themselves are wired again from a new input, leaving
     the augmentation layers out: no new weights are made (no initializer
@@ -205,6 +217,50 @@ def inference_model(model: keras.Model, config: TrialConfig) -> keras.Model:
     inputs = keras.Input(shape=tuple(model.input_shape[1:]), dtype="uint8", name="image")
     wired = rewire(model, leave_out_augmentation, inputs)
     return keras.Model(inputs, wired.outputs[0], name=model.name)
+
+
+def with_mirror_average(network: keras.Model) -> keras.Model:
+    """``network``'s probabilities averaged over each image and its left-right mirror.
+
+    Test-time augmentation with the trained layers themselves (no copy of a
+    weight): the network's graph is wired twice from one uint8 input, the
+    second time with the mirror image taken after its ``scale`` layer. The
+    mirror is a fixed permutation of the width axis in Keras core layers (a
+    ``Dense`` with a 0/1 kernel between two ``Permute``; exact in float32),
+    so ``keras.saving.load_model`` alone still loads the exported file.
+    """
+    inputs = keras.Input(shape=tuple(network.input_shape[1:]), dtype="uint8", name="image")
+    mirror = _mirror(width=network.input_shape[2])
+
+    def as_is(layer, *args, **kwargs):
+        return layer(*args, **kwargs)
+
+    def mirrored_after_scaling(layer, *args, **kwargs):
+        outputs = layer(*args, **kwargs)
+        return mirror(outputs) if layer.name == "scale" else outputs
+
+    if "scale" not in {layer.name for layer in network.layers}:
+        raise ValueError(f"{network.name}: no 'scale' layer to take the mirror image after")
+    plain = rewire(network, as_is, inputs).outputs[0]
+    mirrored = rewire(network, mirrored_after_scaling, inputs).outputs[0]
+    average = keras.layers.Average(dtype="float32", name="mirror_average")([plain, mirrored])
+    return keras.Model(inputs, average, name=network.name)
+
+
+def _mirror(width: int):
+    """Images (n, h, w, c) -> the same images flipped left to right, in core layers."""
+    to_rows = keras.layers.Permute((1, 3, 2), dtype="float32", name="mirror_in")  # (h, c, w)
+    reverse = keras.layers.Dense(width, use_bias=False, kernel_initializer="zeros",
+                                 trainable=False, dtype="float32", name="mirror")  # fmt: skip
+    back = keras.layers.Permute((1, 3, 2), dtype="float32", name="mirror_out")
+
+    def apply(images):
+        rows = to_rows(images)
+        flipped = reverse(rows)  # builds the layer: zeros, no random draw
+        reverse.kernel.assign(np.eye(width, dtype="float32")[::-1])  # column i takes w - 1 - i
+        return back(flipped)
+
+    return apply
 
 
 def rewire(model: keras.Model, call_function, inputs=None) -> keras.Model:

@@ -163,7 +163,7 @@ def finalize(
     verbose: int = 2,
 ) -> FinalOutcome:
     """Retrain on training + validation data, evaluate once on the test set, log, register."""
-    from hpsearch.builder import inference_model
+    from hpsearch.builder import inference_model, inference_network
     from hpsearch.runner import train_final
     from hpsearch.trial import load_splits
 
@@ -185,9 +185,10 @@ def finalize(
     with TrialRun(experiment, "final", {**lineage, "hpsearch.command": "final"}) as run:
         run.log_params({**config.to_params(), **spec.to_params(), "final_epochs": str(epochs)})
         result = train_final(config, splits, epochs, [run.epoch_logger()], verbose=verbose)
-        model = inference_model(result.model, config)
+        model = inference_model(result.model, config)  # mirror-averaged if test_time_flip
         with tempfile.TemporaryDirectory(prefix="hpsearch-final-") as tmp:
-            metrics = _write_final_artifacts(Path(tmp), result, model, config, splits)
+            network = inference_network(result.model)  # Grad-CAM reads the network's own head
+            metrics = _write_final_artifacts(Path(tmp), result, network, config, splits)
             run.log_metrics(metrics)
             run.log_artifacts(Path(tmp))
         if export is not None:
@@ -199,7 +200,7 @@ def finalize(
     return FinalOutcome(run.run_id, result.test_accuracy, result.test_loss, epochs, version, export)
 
 
-def _write_final_artifacts(folder, result, model, config, splits) -> dict[str, float]:
+def _write_final_artifacts(folder, result, network, config, splits) -> dict[str, float]:
     import csv
 
     import numpy as np
@@ -227,7 +228,7 @@ def _write_final_artifacts(folder, result, model, config, splits) -> dict[str, f
     save_misclassified_gallery(splits.x_test, splits.y_test, predicted, result.test_probabilities,
                                names, folder / "misclassified.png")  # fmt: skip
     sample = np.arange(min(8, len(splits.x_test)))
-    heatmaps = grad_cam(model, splits.x_test[sample])
+    heatmaps = grad_cam(network, splits.x_test[sample])
     save_grad_cam(splits.x_test[sample], heatmaps, splits.y_test[sample], predicted[sample],
                   names, folder / "grad_cam.png")  # fmt: skip
     (folder / "config.yaml").write_text(config.to_yaml())

@@ -101,6 +101,10 @@ class TrialConfig(BaseModel):
     # What early stopping watches; the weights of its best epoch are the ones kept.
     monitor: Monitor = "val_loss"
     seed: int = Field(default=0, ge=0)
+    # Test-time augmentation: the test evaluation and the exported model average each image's
+    # probabilities with its left-right mirror's (for classes that mirroring keeps, as
+    # CIFAR-10's; not digits). Validation during training, the search's objective, is plain.
+    test_time_flip: bool = False
     precision: Precision = "float32"
     jit_compile: bool = False
 

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 
 from hpsearch.augmentation import MixedBatches, needs_mixed_batches
-from hpsearch.builder import build_model
+from hpsearch.builder import build_model, tested_model
 from hpsearch.config import TrialConfig
 from hpsearch.datasets import Splits
 from hpsearch.errors import TrialFailed
@@ -159,7 +159,8 @@ def run_trial(
         best = best_epoch_index(history, config.monitor)
         test_metrics = {}
         if evaluate_test:
-            loss, accuracy, _ = evaluate(model, splits.x_test, splits.y_test, splits.num_classes)
+            tested = tested_model(model, config)
+            loss, accuracy, _ = evaluate(tested, splits.x_test, splits.y_test, splits.num_classes)
             test_metrics = {"test_loss": loss, "test_accuracy": accuracy}
     finally:
         keras.config.set_dtype_policy("float32")
@@ -213,7 +214,7 @@ def train_final(
             config, images, labels, splits, extra, epochs, verbose, validation=None
         )
         loss, accuracy, probabilities = evaluate(
-            model, splits.x_test, splits.y_test, splits.num_classes
+            tested_model(model, config), splits.x_test, splits.y_test, splits.num_classes
         )
     finally:
         keras.config.set_dtype_policy("float32")

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
 import warnings
+from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 
-from hpsearch.builder import build_model, build_network, inference_model
+from hpsearch.builder import build_model, build_network, inference_model, with_mirror_average
 from hpsearch.config import make_config
 from hpsearch.errors import ConfigError
 
 SHAPE = (16, 16, 3)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def layer_kinds(model: keras.Model, prefix: str) -> list[str]:
@@ -99,6 +105,42 @@ def test_inference_model_drops_augmentation_and_keeps_the_trained_weights(tmp_pa
     exported.save(tmp_path / "model.keras")
     loaded = keras.saving.load_model(tmp_path / "model.keras")
     np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_test_time_flip_exports_the_mean_over_each_image_and_its_mirror(tmp_path):
+    config = make_config({"architecture": "baseline2", "augmentation": "standard",
+                          "batch_norm": "before", "test_time_flip": True})  # fmt: skip
+    model = build_network(config, SHAPE, 10)
+    keras.utils.set_random_seed(3)
+    exported = inference_model(model, config)
+    drawn_after = keras.random.uniform((4,))
+    keras.utils.set_random_seed(3)
+    np.testing.assert_array_equal(drawn_after, keras.random.uniform((4,)))  # nothing drawn
+    # the trained layers themselves, plus one fixed (non-trainable) mirror kernel
+    assert {id(v) for v in exported.trainable_weights} == {id(v) for v in model.trainable_weights}
+    assert [w.path for w in exported.non_trainable_weights if "mirror" in w.path] == [
+        "mirror/kernel"
+    ]
+    x = images(6)
+    plain = model.predict(x, verbose=0)
+    mirrored = model.predict(x[:, :, ::-1], verbose=0)
+    expected = (plain + mirrored) / 2
+    assert not np.allclose(plain, mirrored, atol=1e-4)  # the mirror changes what the net sees
+    np.testing.assert_allclose(exported.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-6)
+    exported.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-6)
+    plain_config = config.model_copy(update={"test_time_flip": False})
+    assert "mirror_average" not in {
+        layer.name for layer in inference_model(model, plain_config).layers
+    }
+
+
+def test_mirror_average_needs_the_scaling_layer():
+    inputs = keras.Input(shape=SHAPE, dtype="uint8")
+    other = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(inputs)))
+    with pytest.raises(ValueError, match="no 'scale' layer"):
+        with_mirror_average(other)
 
 
 def test_width_multiplies_every_blocks_filters():
@@ -326,3 +368,29 @@ def test_batch_norm_momentum_is_applied(placement):
     batch = keras.ops.ones((2, 4, 4, 32)) * 5.0
     layer(batch, training=True)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.moving_mean), 0.5, rtol=1e-5)
+
+
+def test_mirror_average_runs_on_the_jax_backend():
+    script = textwrap.dedent(
+        """
+        import keras, numpy as np
+        assert keras.backend.backend() == "jax", keras.backend.backend()
+        from hpsearch.builder import inference_model, build_network
+        from hpsearch.config import make_config
+        config = make_config({"architecture": "baseline1", "test_time_flip": True})
+        model = build_network(config, (8, 8, 1), 3)
+        x = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 1), dtype=np.uint8)
+        expected = (model.predict(x, verbose=0) + model.predict(x[:, :, ::-1], verbose=0)) / 2
+        got = inference_model(model, config).predict(x, verbose=0)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+        print("ok")
+        """
+    )
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("ok")

@@ -131,12 +131,14 @@ def test_search_combine_export_register_and_predict(mlflow_server, tmp_path):
 
     final = tmp_path / "final.keras"
     combined = hpsearch("combine", str(study), *storage, "--export", str(final),
-                        "--model-name", "tiny-final", "-q", cwd=tmp_path)  # fmt: skip
+                        "--model-name", "tiny-final", "--set", "test_time_flip=true", "-q",
+                        cwd=tmp_path)  # fmt: skip
     assert combined.returncode == 0, combined.stderr[-2000:]
     run_id = re.search(r"MLflow run ([0-9a-f]{32})", combined.stdout).group(1)
     client = MlflowClient(tracking_uri=mlflow_server)
     run = client.get_run(run_id)
     logged = run.data.metrics["test_accuracy"]
+    assert run.data.params["test_time_flip"] == "True"  # scored, and exported, mirror-averaged
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert {"confusion_matrix_test.png", "per_class_accuracy.csv", "confused_pairs.csv",
             "misclassified.png", "grad_cam.png"} <= artifacts  # fmt: skip
@@ -156,6 +158,7 @@ def test_search_combine_export_register_and_predict(mlflow_server, tmp_path):
         from hpsearch.datasets import load_dataset, split_dataset
         splits = split_dataset(load_dataset("digits"), 0.2, seed=0, limit=200)
         model = keras.saving.load_model({str(final)!r})
+        assert model.get_layer("mirror_average")
         probabilities = model.predict(splits.x_test, verbose=0)
         assert probabilities.shape == (len(splits.x_test), 10), probabilities.shape
         print(float(np.mean(probabilities.argmax(1) == splits.y_test)))

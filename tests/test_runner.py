@@ -129,3 +129,20 @@ def test_schedule_over_keeps_every_other_factor():
     assert shorter.model_dump(exclude={"epochs", "warmup_epochs"}) == config.model_dump(
         exclude={"epochs", "warmup_epochs"}
     )
+
+
+def test_test_time_flip_scores_the_test_set_on_each_image_and_its_mirror(splits):
+    from hpsearch.runner import predict, train_final
+
+    config = make_config({"architecture": "baseline1", "epochs": 2, "learning_rate": 0.01,
+                          "test_time_flip": True})  # fmt: skip
+    result = run_trial(config, splits, evaluate_test=True, verbose=0)
+    x, y = splits.x_test, splits.y_test
+    plain = predict(result.model, x)
+    averaged = (plain + predict(result.model, x[:, :, ::-1])) / 2
+    assert not np.array_equal(plain.argmax(1), averaged.argmax(1))  # the mirror changes votes
+    accuracy = float(np.mean(averaged.argmax(1) == y))
+    assert result.test_metrics["test_accuracy"] == pytest.approx(accuracy, abs=1e-9)
+    final = train_final(config, splits, 1, verbose=0)
+    averaged = (predict(final.model, x) + predict(final.model, x[:, :, ::-1])) / 2
+    np.testing.assert_allclose(final.test_probabilities, averaged, rtol=1e-5, atol=1e-6)
