@@ -11,10 +11,10 @@
 set -u
 . benchmarks/device_env.sh
 export XLA_PYTHON_CLIENT_MEM_FRACTION=0.22  # four processes share the GPU
-if [ "${SMALL:-0}" = 1 ]; then
-  SIZE=(--limit 300 --epochs 2) WARMUP=1 BUDGET=0 LIMIT=900
+if [ "${SMALL:-0}" = 1 ]; then  # two at a time: compiling resnet9 takes ~6 GB each on a CPU
+  SIZE=(--limit 300 --epochs 2) WARMUP=1 BUDGET=0 LIMIT=900 PARALLEL=2
 else
-  SIZE=(--epochs ${EPOCHS:-28}) WARMUP=5 BUDGET=${BUDGET:-150} LIMIT=${LIMIT:-360}
+  SIZE=(--epochs ${EPOCHS:-28}) WARMUP=5 BUDGET=${BUDGET:-150} LIMIT=${LIMIT:-360} PARALLEL=4
 fi
 python3 -c "from hpsearch.datasets import load_dataset; load_dataset('folder', '$DATA')" || exit 1
 RECIPE="--set architecture=resnet9 --set dropout=none --set monitor=val_accuracy
@@ -39,6 +39,7 @@ declare -A VARIANT=(
     --set batch_norm_momentum=0.9 --set kernel_initializer=lecun_uniform"
 )
 for name in "${!VARIANT[@]}"; do
+  while [ "$(jobs -rp | wc -l)" -ge "$PARALLEL" ]; do wait -n; done
   (
     started=$SECONDS
     # shellcheck disable=SC2086  # the recipe's words are separate arguments
