@@ -229,6 +229,8 @@ def with_mirror_average(network: keras.Model) -> keras.Model:
     ``Dense`` with a 0/1 kernel between two ``Permute``; exact in float32),
     so ``keras.saving.load_model`` alone still loads the exported file.
     """
+    if "scale" not in {layer.name for layer in network.layers}:
+        raise ValueError(f"{network.name}: no 'scale' layer to take the mirror image after")
     inputs = keras.Input(shape=tuple(network.input_shape[1:]), dtype="uint8", name="image")
     mirror = _mirror(width=network.input_shape[2])
 
@@ -239,8 +241,6 @@ def with_mirror_average(network: keras.Model) -> keras.Model:
         outputs = layer(*args, **kwargs)
         return mirror(outputs) if layer.name == "scale" else outputs
 
-    if "scale" not in {layer.name for layer in network.layers}:
-        raise ValueError(f"{network.name}: no 'scale' layer to take the mirror image after")
     plain = rewire(network, as_is, inputs).outputs[0]
     mirrored = rewire(network, mirrored_after_scaling, inputs).outputs[0]
     average = keras.layers.Average(dtype="float32", name="mirror_average")([plain, mirrored])

@@ -163,7 +163,7 @@ def finalize(
     verbose: int = 2,
 ) -> FinalOutcome:
     """Retrain on training + validation data, evaluate once on the test set, log, register."""
-    from hpsearch.builder import inference_model, inference_network
+    from hpsearch.builder import inference_network, tested_model
     from hpsearch.runner import train_final
     from hpsearch.trial import load_splits
 
@@ -185,9 +185,9 @@ def finalize(
     with TrialRun(experiment, "final", {**lineage, "hpsearch.command": "final"}) as run:
         run.log_params({**config.to_params(), **spec.to_params(), "final_epochs": str(epochs)})
         result = train_final(config, splits, epochs, [run.epoch_logger()], verbose=verbose)
-        model = inference_model(result.model, config)  # mirror-averaged if test_time_flip
+        network = inference_network(result.model)  # Grad-CAM reads the network's own head
+        model = tested_model(network, config)  # exported: mirror-averaged if test_time_flip
         with tempfile.TemporaryDirectory(prefix="hpsearch-final-") as tmp:
-            network = inference_network(result.model)  # Grad-CAM reads the network's own head
             metrics = _write_final_artifacts(Path(tmp), result, network, config, splits)
             run.log_metrics(metrics)
             run.log_artifacts(Path(tmp))

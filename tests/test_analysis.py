@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
+from conftest import run_under_jax
 
 from hpsearch.analysis import (
     confused_pairs,
@@ -24,7 +21,6 @@ from hpsearch.analysis import (
 from hpsearch.builder import build_network, inference_model
 from hpsearch.config import make_config
 
-ROOT = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 NAMES = ["cat", "dog", "bird"]
 
@@ -219,7 +215,7 @@ def test_grad_cam_rejects_a_non_linear_head():
 
 
 def test_grad_cam_runs_on_the_jax_backend():
-    script = textwrap.dedent(
+    run_under_jax(
         """
         import keras, numpy as np
         assert keras.backend.backend() == "jax", keras.backend.backend()
@@ -231,13 +227,6 @@ def test_grad_cam_runs_on_the_jax_backend():
         cams = grad_cam(model, x)
         assert cams.shape == (2, 8, 8) and cams.min() >= 0 and cams.max() <= 1, cams
         print("ok")
-        """
-    )
-    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    done = subprocess.run(
-        [sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True,
+        """,
         timeout=60,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip().endswith("ok")
+    )

@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
 import warnings
-from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
+from conftest import run_under_jax
 
 from hpsearch.builder import build_model, build_network, inference_model, with_mirror_average
 from hpsearch.config import make_config
 from hpsearch.errors import ConfigError
 
 SHAPE = (16, 16, 3)
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def layer_kinds(model: keras.Model, prefix: str) -> list[str]:
@@ -371,7 +366,7 @@ def test_batch_norm_momentum_is_applied(placement):
 
 
 def test_mirror_average_runs_on_the_jax_backend():
-    script = textwrap.dedent(
+    run_under_jax(
         """
         import keras, numpy as np
         assert keras.backend.backend() == "jax", keras.backend.backend()
@@ -386,11 +381,3 @@ def test_mirror_average_runs_on_the_jax_backend():
         print("ok")
         """
     )
-    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    done = subprocess.run(
-        [sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True,
-        timeout=120,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip().endswith("ok")
