@@ -25,6 +25,7 @@ import optuna
 from optuna.trial import TrialState
 
 from hpsearch.config import make_config
+from hpsearch.drawing import DrawingProcess
 from hpsearch.errors import HpsearchError, failure_reason
 from hpsearch.progress import StudyProgress
 from hpsearch.redact import hide_password, redact_logs
@@ -256,6 +257,7 @@ class _Objective:
         self.spec, self.splits, self.fingerprint = spec, splits, fingerprint
         self.parent, self.verbose, self.extra_callbacks = parent, verbose, extra_callbacks
         self.uploader = Uploader()  # artifacts go up while the next trial trains
+        self.drawer = DrawingProcess()  # and their figures are drawn in another process
         self.last_run: tuple[int, str] | None = None  # (trial number, run id) of the last trial
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -283,7 +285,7 @@ class _Objective:
             "hpsearch.command": "search",
         }
         name = f"trial-{trial.number:03d}"
-        with TrialRun(self.spec.name, name, tags, self.parent, self.uploader) as run:
+        with TrialRun(self.spec.name, name, tags, self.parent, self.uploader, self.drawer) as run:
             self.last_run = (trial.number, run.run_id)
             trial.set_user_attr("mlflow_run_id", run.run_id)
             config = make_config(values, f"trial {trial.number}")
@@ -358,6 +360,7 @@ def run_search(
             finish_parent(study, parent, status, before_logging=uploads)
         finally:
             _finish_uploads(objective.uploader, echo)  # at once when done already
+            objective.drawer.close()
             if interrupted:
                 _mend_interrupted_run(study, objective.last_run)
             thaw_startup_objects()

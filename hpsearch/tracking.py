@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
     from hpsearch.config import TrialConfig
     from hpsearch.datasets import Splits
+    from hpsearch.drawing import DrawingProcess
     from hpsearch.runner import TrialResult
     from hpsearch.uploads import Uploader
 
@@ -90,7 +91,8 @@ class TrialRun:
 
     With ``parent_run_id`` the run is nested under that run, in its experiment.
     With an ``uploader``, the artifacts are drawn and sent, and the run closed,
-    on its background thread (in that order), while the caller goes on.
+    on its background thread (in that order), while the caller goes on. With a
+    ``drawer``, the two figures are drawn in its process (:mod:`hpsearch.drawing`).
     """
 
     def __init__(
@@ -100,11 +102,12 @@ class TrialRun:
         tags: Mapping[str, str] | None = None,
         parent_run_id: str | None = None,
         uploader: Uploader | None = None,
+        drawer: DrawingProcess | None = None,
     ) -> None:
         from mlflow import MlflowClient
 
         self.client = MlflowClient()
-        self.uploader = uploader
+        self.uploader, self.drawer = uploader, drawer
         tags = dict(tags or {})
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
@@ -215,7 +218,7 @@ class TrialRun:
         folder = Path(tempfile.mkdtemp(prefix="hpsearch-"))
         artifacts = _TrialArtifacts.of(result, config, splits)
         self._later(f"artifacts of run {self.run_id}", _send_artifacts, self.client,
-                    self.run_id, folder, artifacts)  # fmt: skip
+                    self.run_id, folder, artifacts, self.drawer)  # fmt: skip
 
 
 _UNCLOSED: dict[str, tuple[str, dict[str, str]]] = {}  # run id -> (status, tags)
@@ -234,11 +237,15 @@ def _log_batch(client: MlflowClient, run_id: str, batch: dict) -> None:
 
 
 def _send_artifacts(
-    client: MlflowClient, run_id: str, folder: Path, artifacts: _TrialArtifacts
+    client: MlflowClient,
+    run_id: str,
+    folder: Path,
+    artifacts: _TrialArtifacts,
+    drawer: DrawingProcess | None,
 ) -> None:
     """Write the artifacts into ``folder`` and log them; kept for a retry if that fails."""
     try:
-        artifacts.write(folder)
+        artifacts.write(folder, drawer)
         client.log_artifacts(run_id, str(folder))
     except Exception:
         _UNSENT[run_id] = folder  # sent again by close_unclosed_runs
@@ -466,24 +473,31 @@ class _TrialArtifacts:
             network=inference_model(result.model, config),
         )
 
-    def write(self, folder: Path) -> list[Path]:
-        """Curves, validation confusion matrix, model summary, config, model."""
+    def write(self, folder: Path, drawer: DrawingProcess | None = None) -> list[Path]:
+        """Curves, validation confusion matrix, model summary, config, model.
+
+        The two figures are drawn by ``drawer`` when there is one, else here.
+        """
         from hpsearch.plots import save_confusion_matrix, save_training_curves
         from hpsearch.runner import predict
+
+        draw = drawer.draw if drawer is not None else lambda function, *args: function(*args)
 
         summary = io.StringIO()
         self.model.summary(print_fn=lambda line, **_: summary.write(line + "\n"))
         (folder / "model_summary.txt").write_text(summary.getvalue())
         (folder / "config.yaml").write_text(self.config_yaml)
         self.network.save(folder / "model.keras")
+        predicted = np.argmax(predict(self.network, self.val_images), axis=1)  # the kept weights
         return [
-            save_training_curves(self.history, folder / "training_curves.png"),
-            save_confusion_matrix(
+            draw(save_training_curves, self.history, folder / "training_curves.png"),
+            draw(
+                save_confusion_matrix,
                 self.val_labels,
-                np.argmax(predict(self.network, self.val_images), axis=1),  # the kept weights
+                predicted,
                 self.class_names,
                 folder / "confusion_matrix.png",
-                title=f"validation (best epoch {self.best_epoch})",
+                f"validation (best epoch {self.best_epoch})",
             ),
             folder / "model_summary.txt",
             folder / "config.yaml",

@@ -37,6 +37,24 @@ TRIAL_ARTIFACTS = {
 }
 
 
+def drawing_children() -> list[int]:
+    """Live child processes of this one that run ``hpsearch.drawing`` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        state, parent = fields[0], int(fields[1])
+        if parent == os.getpid() and state != "Z" and b"hpsearch.drawing" in command:
+            found.append(int(entry.name))
+    return found
+
+
 def command(*args: str) -> list[str]:
     """The ``hpsearch`` command line, run with this interpreter."""
     return [sys.executable, "-m", "hpsearch.cli", *args]

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import gc
+import logging
 import threading
 
 import keras
 import numpy as np
 import optuna
 import pytest
-from conftest import TRIAL_ARTIFACTS, parents_and_children
+from conftest import TRIAL_ARTIFACTS, drawing_children, parents_and_children
+from matplotlib.image import imread
 
 from hpsearch.config import DataSpec, make_config
 from hpsearch.driver import StaleTrialHandler, run_search
@@ -120,7 +122,7 @@ def test_held_uploads_wait_for_go_and_drain_lets_them_run():
     assert done == ["held", "second", "third"]
 
 
-def test_every_trial_run_is_closed_with_its_artifacts_after_the_search(stores):
+def test_every_trial_run_is_closed_with_its_artifacts_after_the_search(stores, caplog):
     storage, client = stores
     spec = parse_study(
         {
@@ -132,14 +134,19 @@ def test_every_trial_run_is_closed_with_its_artifacts_after_the_search(stores):
         },
         "uploads.yaml",
     )
-    outcome = run_search(spec, storage, echo=lambda _: None, verbose=0)
+    with caplog.at_level(logging.WARNING, logger="hpsearch.drawing"):
+        outcome = run_search(spec, storage, echo=lambda _: None, verbose=0)
     assert outcome.counts["complete"] == 3
+    assert "drawing process unavailable" not in caplog.text  # the figures came from the child
+    assert drawing_children() == []  # which ended with the search
     _, children = parents_and_children(client, "uploads")
     assert len(children) == 3
     for run in children:
         assert run.info.status == "FINISHED"
         assert run.data.tags["hpsearch.outcome"] == "completed"
         assert {a.path for a in client.list_artifacts(run.info.run_id)} == TRIAL_ARTIFACTS
+        for figure in ("training_curves.png", "confusion_matrix.png"):
+            assert imread(client.download_artifacts(run.info.run_id, figure)).shape[0] > 100
     best = client.download_artifacts(outcome.best_run_id, "model.keras")
     model = keras.saving.load_model(best)
     splits, _ = load_splits(spec.data)
