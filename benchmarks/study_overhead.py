@@ -19,6 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import record, table  # noqa: E402
 
+WHERE = {"process": "in the drawing process", "in-process": "in-process"}
+
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
@@ -30,11 +32,19 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--limit", type=int, default=1000)
     parser.add_argument("--dataset", default="digits")
+    parser.add_argument(
+        "--figures",
+        choices=["process", "in-process"],
+        default="process",
+        help="where the trials' figures are drawn: the drawing process (as "
+        "hpsearch does) or the upload thread (as before it had one)",
+    )
     args = parser.parse_args()
 
     import keras
     import mlflow
 
+    import hpsearch.driver
     from hpsearch.driver import run_search
     from hpsearch.study import parse_study
 
@@ -64,6 +74,14 @@ def main() -> None:
         },
         "overhead.yaml",
     )  # fmt: skip
+    if args.figures == "in-process":
+
+        class InProcess(hpsearch.driver.DrawingProcess):
+            def __init__(self) -> None:
+                super().__init__()
+                self.in_process = True
+
+        hpsearch.driver.DrawingProcess = InProcess
     with tempfile.TemporaryDirectory() as folder:
         mlflow.set_tracking_uri(f"sqlite:///{folder}/mlflow.db")
         mlflow.MlflowClient().search_experiments()  # the store's tables, before the clock
@@ -92,7 +110,8 @@ def main() -> None:
     )
     body += "\n\ntarget: growth at most 10%"
     record(f"Study overhead: {args.trials} trials of baseline2 on {args.dataset} "
-           f"(limit {args.limit}), {args.epochs} epochs", body)  # fmt: skip
+           f"(limit {args.limit}), {args.epochs} epochs, figures drawn {WHERE[args.figures]}",
+           body)  # fmt: skip
 
 
 if __name__ == "__main__":
