@@ -37,7 +37,6 @@ def _plots(study: optuna.Study, folder: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as optuna_plots
 
     written = []
@@ -50,19 +49,29 @@ def _plots(study: optuna.Study, folder: Path) -> list[Path]:
     if len(done) >= 2 and names:  # else Optuna draws an empty chart (after importing forests)
         plots.append(("param_importances.png", optuna_plots.plot_param_importances,
                       (min(0.5, 0.06 + 0.0095 * names), 0.96)))  # fmt: skip
-    for name, plot, (left, right) in plots:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # Optuna marks these plots experimental
-                axes = plot(study)
-        except (ValueError, RuntimeError, ZeroDivisionError) as error:
-            log.info("%s not drawn: %s", name, error)  # e.g. importances need 2+ varied trials
-            continue
-        figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
-        figure.set_layout_engine("none")  # Optuna's history plot asks for a tight layout
-        figure.set_size_inches(8, 5)
-        figure.subplots_adjust(left=left, right=right, top=0.9, bottom=0.12)
-        figure.savefig(folder / name, dpi=100)
-        plt.close(figure)
-        written.append(folder / name)
+    # Optuna switches matplotlib to its ggplot style for the whole process; drawn and saved in
+    # this context, the settings are put back after, and figures drawn later keep the default.
+    with matplotlib.rc_context():
+        for name, plot, (left, right) in plots:
+            if _draw(study, folder / name, plot, left, right):
+                written.append(folder / name)
     return written
+
+
+def _draw(study: optuna.Study, path: Path, plot, left: float, right: float) -> bool:
+    import matplotlib.pyplot as plt
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Optuna marks these plots experimental
+            axes = plot(study)
+    except (ValueError, RuntimeError, ZeroDivisionError) as error:
+        log.info("%s not drawn: %s", path.name, error)  # e.g. importances need 2+ varied trials
+        return False
+    figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
+    figure.set_layout_engine("none")  # Optuna's history plot asks for a tight layout
+    figure.set_size_inches(8, 5)
+    figure.subplots_adjust(left=left, right=right, top=0.9, bottom=0.12)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return True

@@ -183,6 +183,19 @@ def test_summary_draws_importances_only_for_two_completed_trials_with_searched_p
     assert (tmp_path / "param_importances.png").stat().st_size > 0
 
 
+def test_the_summary_leaves_matplotlibs_settings_as_it_found_them(tmp_path):
+    import matplotlib
+
+    from hpsearch.summary import write_summary
+
+    study = optuna.create_study(direction="maximize")
+    study.optimize(lambda trial: trial.suggest_float("learning_rate", 1e-4, 1e-2), n_trials=3)
+    before = dict(matplotlib.rcParams)
+    drawn = {path.name for path in write_summary(study, tmp_path)}
+    assert {"optimization_history.png", "param_importances.png"} <= drawn
+    assert dict(matplotlib.rcParams) == before  # not Optuna's ggplot style from now on
+
+
 def test_the_progress_line_counts_outcomes_and_names_the_best_trial_as_optuna_does():
     from hpsearch.progress import StudyProgress
 
