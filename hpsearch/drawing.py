@@ -48,15 +48,15 @@ class DrawingProcess:
         self._lock = threading.Lock()  # one request at a time
         self.in_process = False  # once closed, or after the child failed
 
-    def draw(self, function: Draw, *args: Any) -> Path:
-        """``function(*args)`` in the child (in this process if the child is unavailable).
+    def draw(self, function: Draw, *args: Any, **kwargs: Any) -> Path:
+        """``function(*args, **kwargs)`` in the child (in this process if the child is unavailable).
 
         An error raised by ``function`` itself is raised here, as it would be in-process.
         """
         with self._lock:
             if not self.in_process:
                 try:
-                    status, value = self._ask(function, args)
+                    status, value = self._ask(function, args, kwargs)
                 except (OSError, EOFError, pickle.PickleError) as error:
                     log.warning("drawing process unavailable (%s); drawing in-process", error)
                     self._stop()
@@ -64,9 +64,9 @@ class DrawingProcess:
                     if status == "error":
                         raise value
                     return value
-        return function(*args)
+        return function(*args, **kwargs)
 
-    def _ask(self, function: Draw, args: tuple) -> tuple[str, Any]:
+    def _ask(self, function: Draw, args: tuple, kwargs: dict) -> tuple[str, Any]:
         if self._child is None:
             package_root = str(Path(__file__).resolve().parents[1])  # hpsearch as imported here
             paths = [package_root, os.environ.get("PYTHONPATH", "")]
@@ -77,7 +77,7 @@ class DrawingProcess:
                 env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths))},
                 start_new_session=True,  # Ctrl-C in the terminal is the driver's to handle
             )
-        pickle.dump((function, args), self._child.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.dump((function, args, kwargs), self._child.stdin, protocol=pickle.HIGHEST_PROTOCOL)
         self._child.stdin.flush()
         return pickle.load(self._child.stdout)
 
@@ -110,12 +110,12 @@ def _serve() -> None:
     requests = sys.stdin.buffer
     while True:
         try:
-            function, args = pickle.load(requests)
+            function, args, kwargs = pickle.load(requests)
         except EOFError:  # the driver closed its end: exit at once, nothing left to write
             sys.stderr.flush()
             os._exit(0)  # skips tearing down matplotlib and scikit-learn (0.4 s)
         try:
-            answer = ("ok", function(*args))
+            answer = ("ok", function(*args, **kwargs))
         except Exception as error:  # noqa: BLE001 - raised again in the driver
             answer = ("error", error)
         try:

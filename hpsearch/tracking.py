@@ -481,7 +481,7 @@ class _TrialArtifacts:
         from hpsearch.plots import save_confusion_matrix, save_training_curves
         from hpsearch.runner import predict
 
-        draw = drawer.draw if drawer is not None else lambda function, *args: function(*args)
+        draw = drawer.draw if drawer is not None else lambda function, *a, **k: function(*a, **k)
 
         summary = io.StringIO()
         self.model.summary(print_fn=lambda line, **_: summary.write(line + "\n"))
@@ -497,7 +497,7 @@ class _TrialArtifacts:
                 predicted,
                 self.class_names,
                 folder / "confusion_matrix.png",
-                f"validation (best epoch {self.best_epoch})",
+                title=f"validation (best epoch {self.best_epoch})",
             ),
             folder / "model_summary.txt",
             folder / "config.yaml",
