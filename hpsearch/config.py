@@ -26,6 +26,7 @@ Initializer = Literal[
     "glorot_uniform",
     "lecun_normal",
     "lecun_uniform",
+    "torch_uniform",  # PyTorch's default for Conv2d and Linear: U(+-1/sqrt(fan_in))
     "random_normal",
     "random_uniform",
     "zeros",

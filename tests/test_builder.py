@@ -179,6 +179,26 @@ def test_initializer_is_applied(name, cls):
     assert isinstance(model.get_layer("probabilities").kernel_initializer, cls)
 
 
+def test_torch_uniform_draws_kernels_as_pytorchs_default_does():
+    """U(+-1/sqrt(fan_in)) in every layer: a third of LeCun's variance, new values per layer."""
+    keras.utils.set_random_seed(0)
+    model = network(kernel_initializer="torch_uniform", width=2)
+    kernels = {}
+    for name in ("block2_1_conv", "block2_2_conv", "probabilities"):
+        kernel = keras.ops.convert_to_numpy(model.get_layer(name).kernel)
+        fan_in = int(np.prod(kernel.shape[:-1]))
+        assert np.abs(kernel).max() <= 1 / np.sqrt(fan_in)
+        assert kernel.var() == pytest.approx(1 / (3 * fan_in), rel=0.1)
+        kernels[name] = kernel
+    assert not np.allclose(kernels["block2_1_conv"][:, :, :64], kernels["block2_2_conv"][:, :, :64])
+    keras.utils.set_random_seed(0)
+    again = network(kernel_initializer="torch_uniform", width=2)
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(again.get_layer("probabilities").kernel),
+        kernels["probabilities"],
+    )
+
+
 def test_zero_initialization_gives_outputs_independent_of_the_input():
     model = network(kernel_initializer="zeros")
     first, second = (
