@@ -30,6 +30,7 @@ import pickle
 import subprocess
 import sys
 import threading
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,12 +41,21 @@ Draw = Callable[..., Path]
 CLOSE_WAIT_S = 10.0
 
 
+class _Request:
+    """One drawing asked of the child: what to run, and its answer once read."""
+
+    def __init__(self, function: Draw, args: tuple, kwargs: dict) -> None:
+        self.function, self.args, self.kwargs = function, args, kwargs
+        self.answer: tuple[str, Any] | None = None  # ("ok", path) or ("error", exception)
+
+
 class DrawingProcess:
     """Runs picklable drawing functions (``hpsearch.plots``) in one child process."""
 
     def __init__(self) -> None:
         self._child: subprocess.Popen | None = None
-        self._lock = threading.Lock()  # one request at a time
+        self._lock = threading.Lock()  # one reader or writer of the pipes at a time
+        self._sent: deque[_Request] = deque()  # sent, answer not read yet (answers come in order)
         self.in_process = False  # once closed, or after the child failed
 
     def draw(self, function: Draw, *args: Any, **kwargs: Any) -> Path:
@@ -53,20 +63,53 @@ class DrawingProcess:
 
         An error raised by ``function`` itself is raised here, as it would be in-process.
         """
+        return self.submit(function, *args, **kwargs)()
+
+    def submit(self, function: Draw, *args: Any, **kwargs: Any) -> Callable[[], Path]:
+        """Send ``function(*args, **kwargs)`` to the child and return at once.
+
+        The returned callable waits for the drawing and returns (or raises) what
+        :meth:`draw` would. Meanwhile the caller can go on (a trial's model is
+        saved while the child draws its figures). The child reads one request
+        at a time, so a request larger than the pipe's buffer (64 KiB) makes
+        this wait until the drawing ahead of it is done: send it first.
+        """
+        request = _Request(function, args, kwargs)
         with self._lock:
             if not self.in_process:
                 try:
-                    status, value = self._ask(function, args, kwargs)
-                except (OSError, EOFError, pickle.PickleError) as error:
-                    log.warning("drawing process unavailable (%s); drawing in-process", error)
-                    self._stop()
+                    self._send(request)
+                except (OSError, pickle.PickleError) as error:
+                    self._fail(error)
                 else:
-                    if status == "error":
-                        raise value
-                    return value
-        return function(*args, **kwargs)
+                    self._sent.append(request)
+        return lambda: self._result(request)
 
-    def _ask(self, function: Draw, args: tuple, kwargs: dict) -> tuple[str, Any]:
+    def _result(self, request: _Request) -> Path:
+        with self._lock:
+            self._read_until(request)
+        if request.answer is None:  # never sent, or the child failed first: draw it here
+            return request.function(*request.args, **request.kwargs)
+        status, value = request.answer
+        if status == "error":
+            raise value
+        return value
+
+    def _read_until(self, request: _Request | None) -> None:
+        """Read answers in order until ``request``'s (None: all of them) or the child fails."""
+        while self._sent and (request is None or request.answer is None):
+            try:
+                answer = pickle.load(self._child.stdout)
+            except (OSError, EOFError, pickle.PickleError) as error:
+                self._fail(error)
+                return
+            self._sent.popleft().answer = answer
+
+    def _fail(self, error: BaseException) -> None:
+        log.warning("drawing process unavailable (%s); drawing in-process", error)
+        self._stop()
+
+    def _send(self, request: _Request) -> None:
         if self._child is None:
             package_root = str(Path(__file__).resolve().parents[1])  # hpsearch as imported here
             paths = [package_root, os.environ.get("PYTHONPATH", "")]
@@ -77,17 +120,19 @@ class DrawingProcess:
                 env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths))},
                 start_new_session=True,  # Ctrl-C in the terminal is the driver's to handle
             )
-        pickle.dump((function, args, kwargs), self._child.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+        message = (request.function, request.args, request.kwargs)
+        pickle.dump(message, self._child.stdin, protocol=pickle.HIGHEST_PROTOCOL)
         self._child.stdin.flush()
-        return pickle.load(self._child.stdout)
 
     def close(self) -> None:
-        """End the child (after the drawing under way, if any); later figures are drawn here."""
+        """End the child once the drawings sent are done; later figures are drawn here."""
         with self._lock:
+            self._read_until(None)
             self._stop()
 
     def _stop(self) -> None:
         self.in_process = True
+        self._sent.clear()  # any answers not read: those drawings are made here when asked for
         child, self._child = self._child, None
         if child is None:
             return

@@ -14,7 +14,7 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -234,6 +234,12 @@ def _log_batch(client: MlflowClient, run_id: str, batch: dict) -> None:
     except Exception:
         _UNLOGGED.setdefault(run_id, []).append(batch)  # sent again by close_unclosed_runs
         raise
+
+
+def _drawn_here(function: Callable[..., Path], *args, **kwargs) -> Callable[[], Path]:
+    """A figure drawn in this process now, in the shape of ``DrawingProcess.submit``'s answer."""
+    path = function(*args, **kwargs)
+    return lambda: path
 
 
 def _send_artifacts(
@@ -476,29 +482,31 @@ class _TrialArtifacts:
     def write(self, folder: Path, drawer: DrawingProcess | None = None) -> list[Path]:
         """Curves, validation confusion matrix, model summary, config, model.
 
-        The two figures are drawn by ``drawer`` when there is one, else here.
+        The two figures are drawn by ``drawer`` when there is one, else here;
+        the model is saved while the drawing process draws them.
         """
         from hpsearch.plots import save_confusion_matrix, save_training_curves
         from hpsearch.runner import predict
 
-        draw = drawer.draw if drawer is not None else lambda function, *a, **k: function(*a, **k)
-
+        submit = drawer.submit if drawer is not None else _drawn_here
+        predicted = np.argmax(predict(self.network, self.val_images), axis=1)  # the kept weights
+        matrix = submit(  # the larger request first, while the drawing process is idle
+            save_confusion_matrix,
+            self.val_labels,
+            predicted,
+            self.class_names,
+            folder / "confusion_matrix.png",
+            title=f"validation (best epoch {self.best_epoch})",
+        )
+        curves = submit(save_training_curves, self.history, folder / "training_curves.png")
         summary = io.StringIO()
         self.model.summary(print_fn=lambda line, **_: summary.write(line + "\n"))
         (folder / "model_summary.txt").write_text(summary.getvalue())
         (folder / "config.yaml").write_text(self.config_yaml)
         self.network.save(folder / "model.keras")
-        predicted = np.argmax(predict(self.network, self.val_images), axis=1)  # the kept weights
         return [
-            draw(save_training_curves, self.history, folder / "training_curves.png"),
-            draw(
-                save_confusion_matrix,
-                self.val_labels,
-                predicted,
-                self.class_names,
-                folder / "confusion_matrix.png",
-                title=f"validation (best epoch {self.best_epoch})",
-            ),
+            curves(),
+            matrix(),
             folder / "model_summary.txt",
             folder / "config.yaml",
             folder / "model.keras",

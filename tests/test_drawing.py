@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 
 import matplotlib
 import numpy as np
@@ -75,5 +76,40 @@ def test_a_dead_child_falls_back_to_drawing_in_process_with_a_warning(drawer, tm
     with caplog.at_level(logging.WARNING, logger="hpsearch.drawing"):
         path = drawer.draw(save_training_curves, HISTORY, tmp_path / "c.png")
     assert path.stat().st_size > 0
+    assert "drawing in-process" in caplog.text
+    assert drawer.draw(os.getpid) == os.getpid()
+
+
+def test_submitted_drawings_run_in_the_child_while_the_caller_goes_on(drawer, tmp_path):
+    drawer.draw(os.getpid)  # the child started
+    started = time.perf_counter()
+    slow = drawer.submit(time.sleep, 1.0)
+    failing = drawer.submit(save_training_curves, HISTORY, tmp_path / "missing" / "c.png")
+    pid = drawer.submit(os.getpid)
+    assert time.perf_counter() - started < 0.5  # sent, not waited for
+    assert pid() not in (os.getpid(), None)  # answers read in order, whichever is asked first
+    assert time.perf_counter() - started >= 1.0
+    assert slow() is None
+    with pytest.raises(FileNotFoundError):
+        failing()
+    assert drawer.draw(os.getpid) == pid()
+
+
+def test_close_waits_for_the_drawings_sent(drawer):
+    pid = drawer.submit(os.getpid)
+    drawer.close()
+    assert pid() != os.getpid()  # drawn by the child before it was ended
+    assert drawing_children() == []
+
+
+def test_a_drawing_sent_to_a_child_that_dies_is_drawn_in_process(drawer, tmp_path, caplog):
+    child = drawer.draw(os.getpid)
+    drawer.submit(time.sleep, 30)  # the child is busy with this when it dies
+    curves = drawer.submit(save_training_curves, HISTORY, tmp_path / "c.png")
+    pid = drawer.submit(os.getpid)
+    os.kill(child, signal.SIGKILL)
+    with caplog.at_level(logging.WARNING, logger="hpsearch.drawing"):
+        assert pid() == os.getpid()
+        assert curves().stat().st_size > 0
     assert "drawing in-process" in caplog.text
     assert drawer.draw(os.getpid) == os.getpid()
