@@ -4,6 +4,10 @@ Every loader returns a :class:`Dataset` of ``uint8`` images shaped ``(N, H, W, C
 (grayscale keeps a channel axis of 1) and ``int64`` labels. The slow formats (CIFAR
 pickles, MNIST IDX files, image folders) are decoded once and cached as an
 uncompressed ``.npz`` keyed by the source's path, size and modification time.
+
+CIFAR-10 also reads an image-folder copy (``train/<class>/*``, ``test/<class>/*`` with
+its ten class names, as a directory, zip or tar), and, without ``data_dir``, the local
+copy named by ``$HPSEARCH_CIFAR10`` before trying Keras's downloader.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import zipfile
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path, PurePosixPath
 
@@ -35,6 +39,8 @@ log = logging.getLogger(__name__)
 DATASET_NAMES = ("digits", "cifar10", "cifar100", "mnist", "fashion_mnist", "folder")
 DIGIT_NAMES = tuple(str(i) for i in range(10))
 CIFAR10_NAMES = tuple("airplane automobile bird cat deer dog frog horse ship truck".split())
+CIFAR10_ENV = "HPSEARCH_CIFAR10"  # a local CIFAR-10 copy used when no data_dir is given
+CIFAR10_PER_CLASS = (5000, 1000)  # official train and test images a class
 CIFAR100_NAMES = tuple(
     "apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus "
     "butterfly camel can castle caterpillar cattle chair chimpanzee clock cloud cockroach couch "
@@ -150,8 +156,10 @@ def load_dataset(
 ) -> Dataset:
     """Load dataset ``name`` from ``data_dir``, or with Keras's downloader when it is ``None``.
 
-    ``digits`` ignores ``data_dir``; ``folder`` requires it. Arrays decoded from
-    ``data_dir`` are cached under ``cache_dir`` (default :func:`default_cache_dir`).
+    ``digits`` ignores ``data_dir``; ``folder`` requires it. ``cifar10`` without
+    ``data_dir`` first tries the path in ``$HPSEARCH_CIFAR10`` (:data:`CIFAR10_ENV`).
+    Arrays decoded from a local copy are cached under ``cache_dir`` (default
+    :func:`default_cache_dir`).
     """
     if name not in DATASET_NAMES:
         raise DataError(f"unknown dataset {name!r}; expected one of {', '.join(DATASET_NAMES)}")
@@ -163,17 +171,43 @@ def load_dataset(
                 "folder: data_dir is required: a directory, .zip or .tar.gz "
                 "holding train/<class>/* and test/<class>/*"
             )
+        if name == "cifar10" and os.environ.get(CIFAR10_ENV, "").strip():
+            return _load_cifar10_env(cache_dir)
         return _load_keras(name)
     path = Path(data_dir).expanduser().resolve()
     if not path.exists():
         raise DataError(f"{name}: data_dir {path} does not exist")
+    return _load_local(name, path, cache_dir)
+
+
+def _load_cifar10_env(cache_dir: str | os.PathLike[str] | None) -> Dataset:
+    """The local CIFAR-10 copy named by ``$HPSEARCH_CIFAR10``."""
+    value = os.environ[CIFAR10_ENV].strip()
+    path = Path(value).expanduser().resolve()
+    if not path.exists():
+        raise DataError(
+            f"cifar10: {CIFAR10_ENV}={value} names {path}, which does not exist; point it at "
+            "the official cifar-10-python.tar.gz (or its directory) or an image folder/archive, "
+            "or unset it to download with Keras"
+        )
+    try:
+        return _load_local("cifar10", path, cache_dir)
+    except DataError as exc:
+        raise DataError(f"{exc} (path from {CIFAR10_ENV})") from exc
+
+
+def _load_local(name: str, path: Path, cache_dir: str | os.PathLike[str] | None) -> Dataset:
+    """Decode (or read from the cache) the local copy of ``name`` at the existing ``path``."""
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    if name == "cifar10" and _is_cifar10_folder(path):
+        build = partial(_read_cifar10_folder, path)
+        return _describe_cifar10_folder(_cached(name, path, [path], build, cache), path)
     if name in _CIFAR:
         source, stamped, build = _resolve_cifar(name, path)
     elif name == "folder":
         source, stamped, build = path, [path], partial(_read_folder, path)
     else:
         source, stamped, build = _resolve_mnist(name, path)
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     return _cached(name, source, stamped, build, cache)
 
 
@@ -249,8 +283,16 @@ def _load_keras(name: str) -> Dataset:
         kwargs = {"label_mode": "fine"} if name == "cifar100" else {}
         (x_train, y_train), (x_test, y_test) = module.load_data(**kwargs)
     except Exception as exc:  # import, network and archive errors all mean "could not get it"
+        reason = _short_reason(exc)
+        if name == "cifar10":
+            raise DataError(
+                f"cifar10: could not download it with keras.datasets.cifar10.load_data() "
+                f"({reason}); offline, point at a local copy with --data-dir PATH or "
+                f"{CIFAR10_ENV}=PATH (the official cifar-10-python.tar.gz or an image "
+                "folder/archive train/<class>/*, test/<class>/*)"
+            ) from exc
         raise DataError(
-            f"{name}: keras.datasets.{name}.load_data() failed ({type(exc).__name__}: {exc}); "
+            f"{name}: keras.datasets.{name}.load_data() failed ({reason}); "
             "it downloads on first use, so offline pass data_dir with the official files"
         ) from exc
     arrays = []
@@ -260,6 +302,13 @@ def _load_keras(name: str) -> Dataset:
     names = {"cifar10": CIFAR10_NAMES, "cifar100": CIFAR100_NAMES}
     names["fashion_mnist"] = FASHION_MNIST_NAMES
     return Dataset(name, *arrays, names.get(name, DIGIT_NAMES), f"keras.datasets.{name}")
+
+
+def _short_reason(exc: BaseException, limit: int = 200) -> str:
+    """``Type: message``, first line only, at most ``limit`` characters."""
+    lines = f"{type(exc).__name__}: {exc}".strip().splitlines()
+    reason = lines[0] if lines else type(exc).__name__
+    return reason if len(reason) <= limit else reason[: limit - 3] + "..."
 
 
 def _cached(
@@ -332,15 +381,17 @@ def _resolve_cifar(name: str, path: Path) -> tuple[Path, list[Path], Callable[[]
     """Find the official python-version files: a batches directory or its tar.gz."""
     archive, folder, train = _CIFAR[name][:3]
     if path.is_file() and not path.name.lower().endswith(TAR_SUFFIXES):
-        raise DataError(f"{name}: expected a directory or {archive}; got the file {path}")
+        also = " or an image-folder .zip/.tar(.gz)" * (name == "cifar10")
+        raise DataError(f"{name}: expected a directory or {archive}{also}; got the file {path}")
     if path.is_dir() and not (path / train[0]).is_file():
         if (path / folder).is_dir():
             path = path / folder
         elif (path / archive).is_file():
             path = path / archive
         else:
+            also = " (or an image folder train/<class>/, test/<class>/)" * (name == "cifar10")
             raise DataError(
-                f"{name}: expected {archive} or {folder}/ in {path}; found: {_listing(path)}"
+                f"{name}: expected {archive} or {folder}/ in {path}{also}; found: {_listing(path)}"
             )
     return path, [path], partial(_read_cifar, name, path)
 
@@ -381,6 +432,93 @@ def _read_cifar(name: str, source: Path) -> _Arrays:
             ys.append(np.asarray(labels, dtype=np.int64))
         splits += [np.concatenate(xs), np.concatenate(ys)]
     return (*splits, names)
+
+
+def _is_cifar10_folder(path: Path) -> bool:
+    """Whether ``path`` holds an image-folder copy rather than the official python files.
+
+    A directory: no official file or archive, but ``[prefix/]train/`` and ``test/``
+    directories. A zip: always. A tar: its first telling member is an image under
+    ``train/`` or ``test/`` rather than an official batch (so only a few headers are read).
+    """
+    archive, folder, train, test, meta = _CIFAR["cifar10"][:5]
+    official = {*train, *test, meta}
+    lower = path.name.lower()
+    if path.is_dir():
+        if any((path / f).exists() for f in (archive, folder, *official)):
+            return False
+        roots = [path, *(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))]
+        return any((root / "train").is_dir() and (root / "test").is_dir() for root in roots)
+    if lower.endswith(".zip") or (not lower.endswith(TAR_SUFFIXES) and zipfile.is_zipfile(path)):
+        return True
+    if not lower.endswith(TAR_SUFFIXES):
+        return False
+    with _read_errors("cifar10", path), tarfile.open(path, "r:*") as tar:
+        for member in tar:
+            parts = PurePosixPath(member.name).parts
+            if not member.isfile() or not parts:
+                continue
+            if parts[-1] in official:
+                return False
+            if len(parts) >= 3 and parts[-3] in ("train", "test") and _is_image(member.name):
+                return True
+    return False
+
+
+def _read_cifar10_folder(path: Path) -> _Arrays:
+    """Decode an image-folder copy of CIFAR-10 and check it: names, 32x32 RGB, balanced counts.
+
+    Labels follow the official order :data:`CIFAR10_NAMES`, whatever order the reader
+    gives the class folders.
+    """
+    x_train, y_train, x_test, y_test, names = _read_folder(path, "cifar10")
+    missing = [n for n in CIFAR10_NAMES if n not in names]
+    unexpected = [n for n in names if n not in CIFAR10_NAMES]
+    if missing or unexpected:
+        raise DataError(
+            f"cifar10: {path} is not a CIFAR-10 image folder: expected exactly the class "
+            f"folders {', '.join(CIFAR10_NAMES)}; missing: {', '.join(missing) or 'none'}; "
+            f"unexpected: {', '.join(unexpected) or 'none'}"
+        )
+    if x_train.shape[1:] != (32, 32, 3):
+        h, w, c = x_train.shape[1:]
+        kind = "RGB" if c == 3 else "grayscale"
+        raise DataError(f"cifar10: {path}: expected 32x32 RGB images; found {w}x{h} {kind}")
+    official = np.array([CIFAR10_NAMES.index(n) for n in names], np.int64)
+    y_train, y_test = official[y_train], official[y_test]
+    for split, y, expected in (("train", y_train, CIFAR10_PER_CLASS[0]),
+                               ("test", y_test, CIFAR10_PER_CLASS[1])):  # fmt: skip
+        counts = np.bincount(y, minlength=len(CIFAR10_NAMES))
+        if counts.min() != counts.max():
+            found = ", ".join(f"{n} {k}" for n, k in zip(CIFAR10_NAMES, counts, strict=True))
+            raise DataError(
+                f"cifar10: {path}: expected the same number of {split} images in every class "
+                f"({expected} in the official release); found {found}"
+            )
+    if len(y_test) > len(y_train):
+        raise DataError(
+            f"cifar10: {path}: found {len(y_test)} test images but only {len(y_train)} train "
+            f"images; the official release has {10 * CIFAR10_PER_CLASS[0]} train and "
+            f"{10 * CIFAR10_PER_CLASS[1]} test: are train/ and test/ swapped?"
+        )
+    return x_train, y_train, x_test, y_test, CIFAR10_NAMES
+
+
+def _describe_cifar10_folder(dataset: Dataset, path: Path) -> Dataset:
+    """``dataset`` with a source naming the image-folder copy and its counts; warns if partial."""
+    n_train, n_test = len(dataset.y_train), len(dataset.y_test)
+    full = tuple(10 * k for k in CIFAR10_PER_CLASS)
+    if (n_train, n_test) != full:
+        log.warning(
+            "cifar10: %s holds %d train and %d test images, not the official %d and %d "
+            "(%d and %d a class); scores are not comparable with full CIFAR-10",
+            path, n_train, n_test, *full, *CIFAR10_PER_CLASS,
+        )  # fmt: skip
+    source = (
+        f"cifar10 image folder {path} ({n_train} train, {n_test} test; "
+        "a re-encoded copy, not the official binaries)"
+    )
+    return replace(dataset, source=source)
 
 
 def _tar_files(path: Path, wanted: Callable[[str], bool]) -> Iterator[tuple[str, bytes]]:
@@ -466,7 +604,7 @@ def _is_image(key: str) -> bool:
 
 
 @contextmanager
-def _folder_members(path: Path) -> Iterator[dict[str, Callable[[], bytes]]]:
+def _folder_members(path: Path, name: str = "folder") -> Iterator[dict[str, Callable[[], bytes]]]:
     """Image files of a directory, zip or tar as ``{posix path: read}``, never extracted."""
     lower = path.name.lower()
     if path.is_dir():
@@ -480,13 +618,16 @@ def _folder_members(path: Path) -> Iterator[dict[str, Callable[[], bytes]]]:
         yield {key: partial(bytes, data) for key, data in _tar_files(path, _is_image)}
     else:
         raise DataError(
-            f"folder: expected a directory, .zip or .tar(.gz) at {path}; got a file of another kind"
+            f"{name}: expected a directory, .zip or .tar(.gz) at {path}; got a file of another kind"
         )
 
 
-def _read_folder(path: Path) -> _Arrays:
-    """Decode ``[prefix/]train/<class>/*`` and ``[prefix/]test/<class>/*`` with Pillow."""
-    with _read_errors("folder", path), _folder_members(path) as members:
+def _read_folder(path: Path, name: str = "folder") -> _Arrays:
+    """Decode ``[prefix/]train/<class>/*`` and ``[prefix/]test/<class>/*`` with Pillow.
+
+    Classes are the train/ folder names, sorted; ``name`` prefixes error messages.
+    """
+    with _read_errors(name, path), _folder_members(path, name) as members:
         roots: dict[tuple[str, ...], dict[str, list[tuple[str, str]]]] = {}
         for key in members:
             parts = PurePosixPath(key).parts
@@ -499,7 +640,7 @@ def _read_folder(path: Path) -> _Arrays:
             roots_found = ", ".join("/".join(root) or "." for root in complete)
             seen = f"several candidate roots: {roots_found}" if complete else f"found: {seen}"
             raise DataError(
-                f"folder: expected images in train/<class>/ and test/<class>/ in {path}"
+                f"{name}: expected images in train/<class>/ and test/<class>/ in {path}"
                 f" (optionally in one top-level directory); {seen}"
             )
         splits = {split: sorted(items) for split, items in roots[complete[0]].items()}
@@ -507,12 +648,12 @@ def _read_folder(path: Path) -> _Arrays:
         extra = sorted({cls for cls, _ in splits["test"]} - set(class_names))
         if extra:
             raise DataError(
-                f"folder: test classes {extra} in {path} have no train/ images; "
+                f"{name}: test classes {extra} in {path} have no train/ images; "
                 f"train/ holds {list(class_names)}"
             )
         keys = [key for split in ("train", "test") for _, key in splits[split]]
-        log.info("folder: decoding %d images from %s", len(keys), path)
-        images = _decode_all(path, keys, members)
+        log.info("%s: decoding %d images from %s", name, len(keys), path)
+        images = _decode_all(path, keys, members, name)
     index = {cls: i for i, cls in enumerate(class_names)}
     y_train, y_test = (
         np.array([index[c] for c, _ in splits[s]], np.int64) for s in ("train", "test")
@@ -521,7 +662,9 @@ def _read_folder(path: Path) -> _Arrays:
     return images[:n_train], y_train, images[n_train:], y_test, class_names
 
 
-def _decode_all(path: Path, keys: list[str], members: dict[str, Callable[[], bytes]]) -> np.ndarray:
+def _decode_all(
+    path: Path, keys: list[str], members: dict[str, Callable[[], bytes]], name: str = "folder"
+) -> np.ndarray:
     """Decode same-sized images to ``(N, H, W, 3)``, or ``(N, H, W, 1)`` if all are grayscale."""
     out, first, all_gray = np.empty(0, np.uint8), "", True
     for i, key in enumerate(keys):
@@ -531,13 +674,13 @@ def _decode_all(path: Path, keys: list[str], members: dict[str, Callable[[], byt
                 mode = "L" if img.mode in _GRAY_MODES else "RGB"
                 pixels = np.asarray(img if img.mode == mode else img.convert(mode))
         except Exception as exc:  # Pillow's decoders raise many types on bad data
-            raise DataError(f"folder: cannot decode image {key} in {path} ({exc})") from exc
+            raise DataError(f"{name}: cannot decode image {key} in {path} ({exc})") from exc
         if i == 0:
             out, first = np.empty((len(keys), *pixels.shape[:2], 3), np.uint8), key
         if pixels.shape[:2] != out.shape[1:3]:
             (h, w), (eh, ew) = pixels.shape[:2], out.shape[1:3]
             raise DataError(
-                f"folder: image {key} in {path} is {w}x{h} pixels; expected {ew}x{eh}"
+                f"{name}: image {key} in {path} is {w}x{h} pixels; expected {ew}x{eh}"
                 f" like {first}: all images must share one size"
             )
         out[i] = pixels[..., np.newaxis] if mode == "L" else pixels

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import logging
 import os
 import pickle
 import struct
@@ -19,6 +20,7 @@ from PIL import Image
 
 from hpsearch import datasets
 from hpsearch.datasets import (
+    CIFAR10_ENV,
     CIFAR10_NAMES,
     DATASET_NAMES,
     FASHION_MNIST_NAMES,
@@ -34,8 +36,9 @@ CLASSES = ("cat", "dog", "frog")
 
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Never touch the real ~/.cache, even where a test leaves out cache_dir."""
+    """Never touch the real ~/.cache, even where a test leaves out cache_dir; no local copy."""
     monkeypatch.setenv("HPSEARCH_CACHE_DIR", str(tmp_path / "default-cache"))
+    monkeypatch.delenv(CIFAR10_ENV, raising=False)
 
 
 # --- builders of official formats ---------------------------------------------------------
@@ -247,6 +250,209 @@ def test_cifar_missing_files_and_corrupt_archive(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="corrupt or truncated") as info:
         load_dataset("cifar10", archive, cache_dir=tmp_path / "cache")
     assert str(archive) in str(info.value)
+
+
+# --- CIFAR-10 as an image folder ----------------------------------------------------------
+
+SHARED_CIFAR10 = Path(__file__).parents[2] / "shared/data/cifar10-jpeg.tar.gz"
+
+
+def cifar10_image(label: int, j: int, size: tuple[int, int] = (32, 32)) -> np.ndarray:
+    """An RGB image whose red channel is 20 * label and green channel j: its class is visible."""
+    pixels = np.zeros((*size, 3), np.uint8)
+    pixels[..., 0], pixels[..., 1], pixels[..., 2] = 20 * label, j, np.arange(size[1])
+    return pixels
+
+
+def make_cifar10_folder(
+    root: Path,
+    names: tuple[str, ...] = CIFAR10_NAMES,
+    per_class: tuple[int, int] = (2, 1),
+    size: tuple[int, int] = (32, 32),
+    fmt: str = "PNG",
+) -> Path:
+    """``root/{train,test}/<class>/NNNN.png``, the folders written in reverse official order."""
+    for split, count in zip(("train", "test"), per_class, strict=True):
+        for name in reversed(names):
+            label = CIFAR10_NAMES.index(name) if name in CIFAR10_NAMES else 11
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for j in range(count):
+                buffer = io.BytesIO()
+                Image.fromarray(cifar10_image(label, j, size)).save(buffer, fmt)
+                (folder / f"{j:04d}.{fmt.lower()}").write_bytes(buffer.getvalue())
+    return root
+
+
+def tar_reversed(folder: Path, archive: Path, prefix: str = "") -> Path:
+    """A tar.gz of ``folder`` whose members come in reverse path order (truck before airplane)."""
+    with tarfile.open(archive, "w:gz") as tar:
+        for file in sorted(folder.rglob("*"), reverse=True):
+            if file.is_file():
+                tar.add(file, arcname=prefix + file.relative_to(folder).as_posix())
+    return archive
+
+
+def assert_official_labels(dataset: Dataset, n_train: int = 20, n_test: int = 10) -> None:
+    assert dataset.name == "cifar10" and dataset.class_names == CIFAR10_NAMES
+    assert dataset.x_train.shape == (n_train, 32, 32, 3)
+    assert dataset.x_test.shape == (n_test, 32, 32, 3)
+    for x, y in ((dataset.x_train, dataset.y_train), (dataset.x_test, dataset.y_test)):
+        assert y.dtype == np.int64
+        np.testing.assert_array_equal(x[:, 0, 0, 0], 20 * y)  # the red channel encodes the class
+        np.testing.assert_array_equal(np.bincount(y, minlength=10), [len(y) // 10] * 10)
+
+
+@pytest.mark.parametrize("kind", ["tar.gz", "tar.gz-wrapped", "zip", "dir", "jpeg"])
+def test_cifar10_image_folder_gets_official_labels(
+    tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    fmt = "JPEG" if kind == "jpeg" else "PNG"
+    folder = make_cifar10_folder(tmp_path / "imgs", fmt=fmt)
+    source = {
+        "tar.gz": lambda: tar_reversed(folder, tmp_path / "c.tar.gz"),
+        "tar.gz-wrapped": lambda: tar_reversed(folder, tmp_path / "c.tgz", prefix="cifar10/"),
+        "zip": lambda: zip_dir(folder, tmp_path / "c.zip"),
+        "dir": lambda: folder,
+        "jpeg": lambda: tar_reversed(folder, tmp_path / "c.tar.gz"),
+    }[kind]()
+    with caplog.at_level(logging.WARNING, logger="hpsearch.datasets"):
+        dataset = load_dataset("cifar10", source, cache_dir=tmp_path / "cache")
+    if fmt == "PNG":
+        assert_official_labels(dataset)
+        expected = np.stack([cifar10_image(label, j) for label in range(10) for j in range(2)])
+        np.testing.assert_array_equal(dataset.x_train, expected)
+    else:  # lossy: the class still shows in the red channel
+        assert dataset.x_train.shape == (20, 32, 32, 3) and dataset.class_names == CIFAR10_NAMES
+        assert np.all(np.abs(dataset.x_train[:, 16, 16, 0] - 20.0 * dataset.y_train) <= 4)
+    assert "image folder" in dataset.source and str(source) in dataset.source
+    assert "(20 train, 10 test;" in dataset.source
+    assert "not the official 50000 and 10000" in caplog.text
+    cached = load_dataset("cifar10", source, cache_dir=tmp_path / "cache")  # from the cache
+    assert cached.fingerprint() == dataset.fingerprint() and cached.source == dataset.source
+
+
+def test_cifar10_image_folder_labels_follow_official_order_not_reader_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Alphabetical order happens to be CIFAR-10's; a reader giving another order is remapped."""
+    assert tuple(sorted(CIFAR10_NAMES)) == CIFAR10_NAMES
+    real = datasets._read_folder
+
+    def shuffled_reader(path: Path, name: str = "folder") -> tuple:
+        x_train, y_train, x_test, y_test, names = real(path, name)
+        order = [3, 9, 0, 5, 1, 8, 2, 7, 4, 6]  # new label i is old label order[i]
+        old_to_new = np.argsort(order)
+        return x_train, old_to_new[y_train], x_test, old_to_new[y_test], [names[i] for i in order]
+
+    monkeypatch.setattr(datasets, "_read_folder", shuffled_reader)
+    archive = tar_reversed(make_cifar10_folder(tmp_path / "imgs"), tmp_path / "c.tar.gz")
+    assert_official_labels(load_dataset("cifar10", archive, cache_dir=tmp_path / "cache"))
+
+
+def test_cifar10_image_folder_refuses_wrong_classes_size_and_counts(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    names = tuple(n for n in CIFAR10_NAMES if n != "frog") + ("toad",)
+    wrong = tar_reversed(make_cifar10_folder(tmp_path / "names", names), tmp_path / "n.tar.gz")
+    with pytest.raises(DataError, match=r"missing: frog; unexpected: toad") as info:
+        load_dataset("cifar10", wrong, cache_dir=cache)
+    assert str(wrong) in str(info.value)
+    nine = make_cifar10_folder(tmp_path / "nine", CIFAR10_NAMES[:9])
+    nine = tar_reversed(nine, tmp_path / "9.tgz")
+    with pytest.raises(DataError, match=r"missing: truck; unexpected: none"):
+        load_dataset("cifar10", nine, cache_dir=cache)
+    big = make_cifar10_folder(tmp_path / "big", size=(64, 48))
+    with pytest.raises(DataError, match=r"expected 32x32 RGB images; found 48x64 RGB"):
+        load_dataset("cifar10", tar_reversed(big, tmp_path / "big.tar.gz"), cache_dir=cache)
+    gray = make_cifar10_folder(tmp_path / "gray")
+    for file in gray.rglob("*.png"):
+        Image.open(file).convert("L").save(file)
+    with pytest.raises(DataError, match=r"expected 32x32 RGB images; found 32x32 grayscale"):
+        load_dataset("cifar10", gray, cache_dir=cache)
+    uneven = make_cifar10_folder(tmp_path / "uneven")
+    (uneven / "train" / "cat" / "0001.png").unlink()
+    with pytest.raises(DataError, match=r"same number of train images .*bird 2, cat 1, deer 2"):
+        load_dataset("cifar10", uneven, cache_dir=cache)
+    swapped = make_cifar10_folder(tmp_path / "swapped", per_class=(1, 2))
+    with pytest.raises(DataError, match=r"20 test images but only 10 train .*swapped"):
+        load_dataset("cifar10", swapped, cache_dir=cache)
+    assert not list((cache / "datasets").glob("*.npz"))  # nothing refused was cached
+
+
+def test_cifar10_local_copy_from_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_download() -> None:
+        raise AssertionError("downloaded instead of using the local copy")
+
+    keras = types.SimpleNamespace(cifar10=types.SimpleNamespace(load_data=no_download))
+    monkeypatch.setitem(sys.modules, "keras", types.SimpleNamespace(datasets=keras))
+    folder = tar_reversed(make_cifar10_folder(tmp_path / "imgs"), tmp_path / "c.tar.gz")
+    official = make_cifar10(tmp_path / "official")
+    monkeypatch.setenv(CIFAR10_ENV, str(folder))
+    from_env = load_dataset("cifar10", None, cache_dir=tmp_path / "cache")
+    assert_official_labels(from_env)
+    assert str(folder) in from_env.source
+    assert load_dataset("cifar10", official).x_train.shape == (100, 32, 32, 3)  # data_dir wins
+    monkeypatch.setenv(CIFAR10_ENV, str(official / "cifar-10-python.tar.gz"))  # either format
+    assert load_dataset("cifar10").x_train.shape == (100, 32, 32, 3)
+    missing = tmp_path / "not-here.tar.gz"
+    monkeypatch.setenv(CIFAR10_ENV, str(missing))
+    with pytest.raises(DataError, match=f"{CIFAR10_ENV}=.*does not exist") as info:
+        load_dataset("cifar10")
+    assert str(missing) in str(info.value)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv(CIFAR10_ENV, str(empty))
+    with pytest.raises(DataError, match=f"found: nothing.*path from {CIFAR10_ENV}"):
+        load_dataset("cifar10")
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError("no network"),
+        Exception("URL fetch failure on https://example/cifar-10-python.tar.gz: None\n  more"),
+    ],
+)
+def test_cifar10_offline_message_says_what_to_do(
+    monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    def offline() -> None:
+        raise error
+
+    keras = types.SimpleNamespace(cifar10=types.SimpleNamespace(load_data=offline))
+    monkeypatch.setitem(sys.modules, "keras", types.SimpleNamespace(datasets=keras))
+    with pytest.raises(DataError) as info:
+        load_dataset("cifar10")
+    message = str(info.value)
+    reason = f"{type(error).__name__}: {str(error).splitlines()[0]}"
+    assert message == (
+        f"cifar10: could not download it with keras.datasets.cifar10.load_data() ({reason}); "
+        "offline, point at a local copy with --data-dir PATH or HPSEARCH_CIFAR10=PATH (the "
+        "official cifar-10-python.tar.gz or an image folder/archive train/<class>/*, "
+        "test/<class>/*)"
+    )
+    assert "\n" not in message and "more" not in message
+
+
+@pytest.mark.skipif(not SHARED_CIFAR10.is_file(), reason=f"no {SHARED_CIFAR10}")
+def test_shared_cifar10_jpeg_copy_loads_in_full(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The project's local copy (about 25 s to decode once)."""
+    with caplog.at_level(logging.WARNING, logger="hpsearch.datasets"):
+        dataset = load_dataset("cifar10", SHARED_CIFAR10, cache_dir=tmp_path / "cache")
+    assert not caplog.records  # the official counts: no warning
+    assert dataset.class_names == CIFAR10_NAMES
+    assert dataset.x_train.shape == (50000, 32, 32, 3)
+    assert dataset.x_test.shape == (10000, 32, 32, 3)
+    np.testing.assert_array_equal(np.bincount(dataset.y_train), [5000] * 10)
+    np.testing.assert_array_equal(np.bincount(dataset.y_test), [1000] * 10)
+    assert dataset.source.startswith(f"cifar10 image folder {SHARED_CIFAR10} (50000 train, 10000")
+    # per-channel means of the official training set, to within JPEG's error: RGB, not BGR
+    means = dataset.x_train.reshape(-1, 3).mean(axis=0)
+    np.testing.assert_allclose(means, [125.3, 123.0, 113.9], atol=2.0)
 
 
 # --- MNIST family ------------------------------------------------------------------------
