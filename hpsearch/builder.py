@@ -15,9 +15,11 @@ the logits (Page's resnet9: 0.125, which keeps the softmax unsaturated at the
 start and under high SGD rates).
 
 Dropout, where used, follows each block (its pooling, or its residual
-addition). The model takes raw uint8 images and scales them to [0, 1] in its
-first layer. Imports neither Optuna nor MLflow; uses ``keras`` only, so it runs
-on the JAX backend too.
+addition), or with ``dropout_placement: conv`` each convolution of the
+reference networks (the study's constant rates "on each convolutional layer").
+The model takes raw uint8 images and scales them to [0, 1] in its first layer.
+Imports neither Optuna nor MLflow; uses ``keras`` only, so it runs on the JAX
+backend too.
 """
 
 from __future__ import annotations
@@ -113,13 +115,18 @@ def build_network(
 def _vgg_body(x, config: TrialConfig):
     """The reference networks' blocks of convolutions, each ending in a pooling."""
     rates = config.dropout_rates()
+    per_conv = config.dropout_placement == "conv"
     for block, (filters, convs) in enumerate(ARCHITECTURES[config.architecture], start=1):
         for index in range(1, convs + 1):
-            x = _conv_unit(x, filters * config.width, config, name=f"block{block}_{index}")
+            name = f"block{block}_{index}"
+            x = _conv_unit(x, filters * config.width, config, name=name)
+            if per_conv:  # the study's "dropout on each convolutional layer"
+                x = _dropout(x, rates[block - 1], name)
         if block == len(ARCHITECTURES[config.architecture]):
             x = _logit_scale(x, config)
         x = keras.layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
-        x = _dropout(x, rates[block - 1], block)
+        if not per_conv:
+            x = _dropout(x, rates[block - 1], f"block{block}")
     return keras.layers.Flatten(name="flatten")(x)
 
 
@@ -135,7 +142,7 @@ def _resnet9_body(x, config: TrialConfig):
             branch = _conv_unit(x, filters, config, name=f"block{block}_2")
             branch = _conv_unit(branch, filters, config, name=f"block{block}_3")
             x = keras.layers.Add(name=f"block{block}_add")([x, branch])
-        x = _dropout(x, rates[block - 1], block)
+        x = _dropout(x, rates[block - 1], f"block{block}")
     x = _logit_scale(x, config)
     return keras.layers.GlobalMaxPooling2D(name="global_pool")(x)
 
@@ -153,8 +160,8 @@ def _logit_scale(x, config: TrialConfig):
     return keras.layers.Rescaling(config.logit_scale, name="logit_scale")(x)
 
 
-def _dropout(x, rate: float, block: int):
-    return keras.layers.Dropout(rate, name=f"block{block}_dropout")(x) if rate > 0 else x
+def _dropout(x, rate: float, name: str):
+    return keras.layers.Dropout(rate, name=f"{name}_dropout")(x) if rate > 0 else x
 
 
 def build_model(

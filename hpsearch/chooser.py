@@ -24,6 +24,7 @@ import hpsearch
 from hpsearch.config import DataSpec, TrialConfig, make_config, make_data_spec
 from hpsearch.errors import HpsearchError
 from hpsearch.redact import hide_password
+from hpsearch.repeats import best_group, group_trials
 from hpsearch.study import StudyFile
 
 
@@ -38,6 +39,10 @@ class BestTrial:
     data: DataSpec
     searched: list[str]
     maximize: bool
+    # the configuration's repeats: ``value`` is their mean (the number's own trial is the
+    # best of them, whose model is exported), ``sd`` their sample standard deviation
+    n: int = 1
+    sd: float = 0.0
 
     def better_than(self, other: BestTrial) -> bool:
         return self.value > other.value if self.maximize else self.value < other.value
@@ -79,19 +84,36 @@ def best_trial(study: optuna.Study) -> BestTrial:
         raise HpsearchError(
             f"study {study.study_name!r} has no completed trial ({summary or 'no trials'})"
         )
-    best = study.best_trial
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    group = best_group(group_trials(complete), maximize)  # by the mean over repeats
+    best = group.best_trial(maximize)
+    mean, sd, n = group.summary()
     attrs = study.user_attrs
     return BestTrial(
         study=study.study_name,
         number=best.number,
-        value=float(best.value),
+        value=float(mean),
+        n=n,
+        sd=sd,
         config=make_config(best.user_attrs["config"], f"trial {best.number}"),
         run_id=best.user_attrs.get("mlflow_run_id"),
         best_epoch=best.user_attrs.get("best_epoch"),
         data=make_data_spec(attrs.get("data", {}), f"study {study.study_name}"),
         searched=list(attrs.get("searched", best.params)),
-        maximize=study.direction == optuna.study.StudyDirection.MAXIMIZE,
+        maximize=maximize,
     )
+
+
+def describe_best(best: BestTrial) -> str:
+    """``best trial 7, value 0.8123, MLflow run ...``, with the repeats' spread when there are."""
+    if best.n > 1:
+        value = (
+            f"value {best.value:.4f} ± {best.sd:.4f} (mean ± sd of {best.n} repeats of its "
+            "configuration; the best repeat's model)"
+        )
+    else:
+        value = f"value {best.value:.4f}"
+    return f"best trial {best.number}, {value}, MLflow run {best.run_id}"
 
 
 def combine(bests: Sequence[BestTrial], base: dict[str, Any]) -> Combination:

@@ -51,6 +51,8 @@ LrSchedule = Literal["constant", "cosine", "plateau"]
 Augmentation = Literal["standard", "crop", "cutout", "mixup", "cutmix", "gridmask"]
 Precision = Literal["float32", "mixed_float16", "mixed_bfloat16"]
 Monitor = Literal["val_loss", "val_accuracy"]
+DropoutPlacement = Literal["block", "conv"]
+OptimizerSwitch = Literal["none", "epoch", "plateau"]
 
 #: Blocks (conv groups followed by pooling) per architecture; a per-block
 #: dropout list must have this many rates.
@@ -75,6 +77,10 @@ class TrialConfig(BaseModel):
         default=(),
         description="none, one rate in [0, 1) for every block, or one rate per block (0.2/0.5/0.7)",
     )
+    # Where the dropout layers go: after each block's pooling ("block"), or after every
+    # convolution ("conv", the study's "on each convolutional layer"; a per-block rate
+    # applies to each convolution of its block).
+    dropout_placement: DropoutPlacement = "block"
     weight_decay: WeightDecay = "none"  # kernel regularizer type
     weight_decay_magnitude: float = Field(default=1e-4, ge=1e-6, le=1e-1)
     optimizer: Optimizer = "adam"
@@ -86,6 +92,16 @@ class TrialConfig(BaseModel):
     )
     momentum: float = Field(default=0.9, ge=0.0, lt=1.0)  # *_momentum, sgd_nesterov only
     lr_schedule: LrSchedule = "constant"
+    # The study's future work (Keskar & Socher's SWATS): train with Adam, then switch to SGD
+    # with momentum at an epoch ("epoch": at switch_epoch) or when the validation loss has
+    # not improved for switch_patience epochs ("plateau"). Adam only.
+    optimizer_switch: OptimizerSwitch = "none"
+    switch_epoch: int = Field(default=10, ge=1, le=10_000)  # "epoch": the first SGD epoch
+    switch_patience: int = Field(default=2, ge=1, le=1000)  # "plateau": epochs without gain
+    # SGD's rate after the switch; null: estimated from Adam's steps as SWATS does.
+    switch_learning_rate: float | None = Field(
+        default=None, gt=0, le=10.0, description="float in (0, 10], or null: SWATS's estimate"
+    )
     # Cosine only: the rate climbs linearly from 0 over these first epochs, then decays.
     warmup_epochs: int = Field(default=0, ge=0, le=1000)
     # Multiplies the logits (Page's resnet9: 0.125); 1 leaves the network as it was.
@@ -149,6 +165,24 @@ class TrialConfig(BaseModel):
             raise ValueError(
                 f"dropout: {self.architecture} has {blocks} blocks, so give one rate or "
                 f"{blocks} rates; got {len(self.dropout)}: {list(self.dropout)}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _placement_fits_architecture(self) -> TrialConfig:
+        if self.dropout_placement == "conv" and self.architecture == "resnet9":
+            raise ValueError(
+                "dropout_placement: conv is defined for the reference networks (baseline1, "
+                "baseline2); resnet9 takes dropout per block"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _switch_needs_adam(self) -> TrialConfig:
+        if self.optimizer_switch != "none" and self.optimizer != "adam":
+            raise ValueError(
+                f"optimizer_switch: {self.optimizer_switch} switches from Adam to SGD; it needs "
+                f"optimizer: adam (got {self.optimizer})"
             )
         return self
 

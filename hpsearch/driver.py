@@ -31,7 +31,7 @@ from hpsearch.progress import StudyProgress
 from hpsearch.redact import hide_password, redact_logs
 from hpsearch.samplers import make_pruner, make_sampler
 from hpsearch.session import freeze_startup_objects, release_trial_state, thaw_startup_objects
-from hpsearch.space import grid_size, suggest
+from hpsearch.space import REPEAT, grid_size, suggest
 from hpsearch.study import EPOCH_METRIC, StudyFile
 from hpsearch.summary import completed, write_summary
 from hpsearch.tracking import (
@@ -217,7 +217,8 @@ def find_parent(study: optuna.Study, spec: StudyFile, storage_url: str, created:
     if parent.run_id != run_id:
         study.set_user_attr(PARENT_ATTR, parent.run_id)
         study.set_user_attr("data", spec.data.model_dump())
-        study.set_user_attr("searched", list(spec.space))
+        study.set_user_attr("searched", spec.searched_keys())
+        study.set_user_attr("repeats", spec.repeats)
         study.set_user_attr("objective", spec.objective.metric)
     link_project_run(parent.run_id)
     return parent
@@ -277,12 +278,15 @@ class _Objective:
     def _run(self, trial: optuna.Trial) -> float:
         values = suggest(trial, self.spec)
         values["seed"] = trial_seed(self.spec.sampler.seed, trial.number)
+        repeat = int(trial.params.get(REPEAT, trial.user_attrs.get("repeat", 0)))
         trial.set_user_attr("seed", values["seed"])
+        trial.set_user_attr("repeat", repeat)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         tags = {
             "optuna.study_name": self.spec.name,
             "optuna.trial_number": str(trial.number),
             "hpsearch.command": "search",
+            "hpsearch.repeat": str(repeat),
         }
         name = f"trial-{trial.number:03d}"
         with TrialRun(self.spec.name, name, tags, self.parent, self.uploader, self.drawer) as run:
@@ -313,7 +317,25 @@ class _Objective:
         trial.set_user_attr("best_epoch", result.best_epoch)
         trial.set_user_attr("wall_time_s", result.wall_time_s)
         trial.set_user_attr("fit_time_s", result.fit_time_s)
+        trial.set_user_attr("kept_val_accuracy", result.kept_val_accuracy)
+        for key, value in result.test_metrics.items():  # evaluate_test: the kept weights' score
+            trial.set_user_attr(key, value)
+        self._enqueue_repeats(trial)
         return result.final_metrics()[self.spec.objective.metric]
+
+    def _enqueue_repeats(self, trial: optuna.Trial) -> None:
+        """A sampled configuration's first training done: queue its other repeats.
+
+        (A grid draws repeats as an axis of its own; other samplers propose each
+        configuration once, and its repeats run the same params with new seeds.)
+        """
+        repeats = self.spec.repeats
+        if repeats == 1 or self.spec.sampler.type == "grid" or trial.user_attrs.get("repeat"):
+            return
+        for repeat in range(1, repeats):
+            trial.study.enqueue_trial(
+                trial.params, user_attrs={"repeat": repeat, "repeat_of": trial.number}
+            )
 
 
 def run_search(
@@ -399,8 +421,8 @@ def study_total(spec: StudyFile, n_trials: int | None) -> int | None:
     """The study's total number of trials (grid: at most its size)."""
     total = n_trials or spec.n_trials
     if spec.sampler.type == "grid":
-        total = min(total or grid_size(spec), grid_size(spec))
-    return total
+        return min(total or grid_size(spec), grid_size(spec))  # repeats are a grid axis
+    return total * spec.repeats if total else total
 
 
 def _run_trials(study, spec, objective, options, total, timeout, echo) -> None:

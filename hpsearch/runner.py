@@ -31,8 +31,9 @@ class TrialResult:
     history: dict[str, list[float]]
     epochs_run: int
     best_epoch: int  # 1-based best epoch by config.monitor (the weights kept)
-    best_val_accuracy: float
-    best_val_loss: float
+    best_val_accuracy: float  # the highest of any epoch (what the pruners saw per epoch)
+    best_val_loss: float  # the kept epoch's (the lowest when monitor is val_loss)
+    kept_val_accuracy: float  # the kept weights' validation accuracy (their epoch's)
     fit_time_s: float
     wall_time_s: float
     test_metrics: dict[str, float] = field(default_factory=dict)
@@ -41,6 +42,7 @@ class TrialResult:
         return {
             "best_val_accuracy": self.best_val_accuracy,
             "best_val_loss": self.best_val_loss,
+            "kept_val_accuracy": self.kept_val_accuracy,
             "best_epoch": float(self.best_epoch),
             "epochs_run": float(self.epochs_run),
             "fit_time_s": self.fit_time_s,
@@ -69,6 +71,10 @@ def _standard_callbacks(config: TrialConfig) -> list[keras.callbacks.Callback]:
         callbacks.append(
             keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.2, patience=2)
         )
+    if config.optimizer_switch != "none":
+        from hpsearch.optimizers import SwitchToSgd
+
+        callbacks.append(SwitchToSgd(config))
     return callbacks
 
 
@@ -172,6 +178,7 @@ def run_trial(
         best_epoch=best + 1,
         best_val_accuracy=max(history["val_accuracy"]),
         best_val_loss=history["val_loss"][best],
+        kept_val_accuracy=history["val_accuracy"][best],
         fit_time_s=fit_time,
         wall_time_s=time.perf_counter() - started,
         test_metrics=test_metrics,

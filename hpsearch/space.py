@@ -19,9 +19,22 @@ def _active(factor: Factor, values: dict[str, Any]) -> bool:
     return all(values.get(key) in allowed for key, allowed in (factor.when or {}).items())
 
 
+POINT = "point"  # the grid's axis over a study's explicit points
+REPEAT = "repeat"  # the grid's axis over repeats of each configuration
+
+
 def suggest(trial: optuna.Trial, study: StudyFile) -> dict[str, Any]:
-    """The fixed keys plus one suggested value per active factor, in file order."""
+    """The fixed keys, the trial's point, then one suggested value per active factor.
+
+    A grid study with ``repeats`` also draws the trial's repeat (an axis of the grid);
+    other samplers repeat a configuration by enqueueing it again (the driver does).
+    """
     values: dict[str, Any] = dict(study.fixed)
+    if study.points:
+        point = trial.suggest_categorical(POINT, list(range(len(study.points))))
+        values.update(study.points[point])
+    if study.sampler.type == "grid" and study.repeats > 1:
+        trial.suggest_categorical(REPEAT, list(range(study.repeats)))
     for key, factor in study.space.items():
         if not _active(factor, values):
             continue
@@ -49,8 +62,13 @@ def grid_values(factor: Factor) -> list[Any]:
 
 
 def grid_space(study: StudyFile) -> dict[str, list[Any]]:
-    """The grid for Optuna's GridSampler: factor -> values."""
-    return {key: grid_values(factor) for key, factor in study.space.items()}
+    """The grid for Optuna's GridSampler: factor -> values (points and repeats as axes)."""
+    grid = {key: grid_values(factor) for key, factor in study.space.items()}
+    if study.points:
+        grid[POINT] = list(range(len(study.points)))
+    if study.repeats > 1:
+        grid[REPEAT] = list(range(study.repeats))
+    return grid
 
 
 def grid_size(study: StudyFile) -> int:

@@ -20,7 +20,7 @@ from hpsearch.errors import ConfigError
 EngineName = Literal["optuna", "keras_tuner"]
 SamplerName = Literal["grid", "random", "tpe", "cmaes", "qmc", "bayesian", "hyperband"]
 PrunerName = Literal["none", "median", "percentile", "successive_halving", "hyperband"]
-ObjectiveMetric = Literal["best_val_accuracy", "best_val_loss"]
+ObjectiveMetric = Literal["best_val_accuracy", "kept_val_accuracy", "best_val_loss"]
 
 #: the samplers each engine has (keras_tuner: its tuners)
 ENGINE_SAMPLERS: dict[str, tuple[str, ...]] = {
@@ -36,7 +36,11 @@ KERAS_TUNER_SETTINGS: dict[str, tuple[str, ...]] = {
 }
 
 #: per-epoch Keras metric that the pruner watches for each objective
-EPOCH_METRIC = {"best_val_accuracy": "val_accuracy", "best_val_loss": "val_loss"}
+EPOCH_METRIC = {
+    "best_val_accuracy": "val_accuracy",
+    "kept_val_accuracy": "val_accuracy",
+    "best_val_loss": "val_loss",
+}
 
 _Strict = ConfigDict(extra="forbid", frozen=True)
 
@@ -148,9 +152,23 @@ class StudyFile(BaseModel):
     evaluate_test: bool = (
         False  # also evaluate each completed trial on the test set (never selects)
     )
+    # Trainings of every configuration, each with its own seed (a grid runs each point this
+    # often); report, best and combine aggregate them per configuration (mean, sd, n).
+    repeats: int = Field(default=1, ge=1, le=100)
     data: DataSpec = DataSpec()
     fixed: dict[str, Any] = Field(default_factory=dict)
     space: dict[str, Factor] = Field(default_factory=dict)
+    # Explicit settings, for experiments that are not a product of factors (the study's
+    # dropout runs: 0.5 for 20 epochs, then for up to 50): each point is a set of trial-config
+    # values; the grid visits every point (times every combination of ``space``).
+    points: list[dict[str, Any]] = Field(default_factory=list)
+
+    def searched_keys(self) -> list[str]:
+        """The keys that vary between trials: the space's factors, then the points' keys."""
+        keys = list(self.space)
+        for point in self.points:
+            keys += [key for key in point if key not in keys]
+        return keys
 
 
 def _check_space(study: StudyFile, where: str) -> None:
@@ -171,6 +189,7 @@ def _check_space(study: StudyFile, where: str) -> None:
         samples = factor.choices if factor.choices is not None else [factor.low, factor.high]
         for value in samples:
             _check_value(base, key, value, where)
+    _check_points(study, base, where)
     if study.sampler.type == "grid":
         for key, factor in study.space.items():
             if factor.when:
@@ -185,6 +204,26 @@ def _check_space(study: StudyFile, where: str) -> None:
         raise ConfigError(
             f"{where}: n_trials or timeout is required for a {study.sampler.type} sampler"
         )
+
+
+def _check_points(study: StudyFile, base: TrialConfig, where: str) -> None:
+    fields = TrialConfig.model_fields
+    if study.points and study.sampler.type != "grid":
+        raise ConfigError(f"{where}: points: explicit settings need the grid sampler")
+    for index, point in enumerate(study.points):
+        here = f"{where}: points[{index}]"
+        if not point:
+            raise ConfigError(f"{here}: empty: give at least one key: value")
+        for key in point:
+            if key not in fields:
+                raise ConfigError(f"{here}: unknown key {key!r}; known: {', '.join(fields)}")
+            if key in study.fixed or key in study.space:
+                place = "fixed" if key in study.fixed else "space"
+                raise ConfigError(f"{here}: {key} is also in {place}; keep one")
+        make_config({**base.model_dump(), **point}, here)
+    seen = [tuple(sorted((k, repr(v)) for k, v in point.items())) for point in study.points]
+    if len(set(seen)) != len(seen):
+        raise ConfigError(f"{where}: points: the same setting is listed twice")
 
 
 def _check_value(base: TrialConfig, key: str, value: Any, where: str) -> None:
@@ -240,6 +279,12 @@ def _check_engine(study: StudyFile, where: str) -> None:
             )
     if engine != "keras_tuner":
         return
+    if study.repeats > 1 or study.points:
+        key = "repeats" if study.repeats > 1 else "points"
+        raise ConfigError(
+            f"{where}: {key}: a setting of the optuna engine; the keras_tuner engine repeats "
+            "with sampler.executions_per_trial"
+        )
     if study.pruner.type != "none":
         raise ConfigError(
             f"{where}: pruner.type: the keras_tuner engine does not prune "

@@ -227,6 +227,24 @@ def test_dropout_follows_each_pooling_with_its_rate(dropout, rates):
         assert names[names.index(drop.name) - 1] == f"{block}_pool"
 
 
+@pytest.mark.parametrize(
+    ("dropout", "rates"),
+    [(0.2, [0.2] * 6), ("0.2/0.5/0.7", [0.2, 0.2, 0.5, 0.5, 0.7, 0.7])],
+)
+def test_dropout_on_each_convolution_when_placed_per_conv(dropout, rates):
+    model = network(dropout=dropout, dropout_placement="conv")
+    names = [layer.name for layer in model.layers]
+    drops = [layer for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
+    assert [round(d.rate, 6) for d in drops] == rates
+    for drop in drops:  # right after its convolution's activation, never after a pooling
+        assert names[names.index(drop.name) - 1] == drop.name.replace("_dropout", "_act")
+
+
+def test_dropout_per_conv_is_refused_for_resnet9():
+    with pytest.raises(ConfigError, match="dropout_placement"):
+        make_config({"architecture": "resnet9", "dropout": 0.2, "dropout_placement": "conv"})
+
+
 @pytest.mark.parametrize("kind", ["l1", "l2", "l1l2"])
 def test_weight_decay_adds_a_regularization_loss_per_kernel(kind):
     model = network(weight_decay=kind, weight_decay_magnitude=1e-3)

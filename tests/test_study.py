@@ -16,6 +16,7 @@ STUDIES = sorted((Path(__file__).parents[1] / "studies").glob("*.yaml"))
 REFERENCE = {
     "baselines", "batch_norm", "batch_size", "initializer", "dropout", "weight_decay",
     "activation_bn", "optimizers", "learning_rate", "augmentation", "combined", "joint", "smoke",
+    "optimizer_switch",
 }  # fmt: skip
 
 
@@ -31,9 +32,11 @@ def test_shipped_study_file_validates_and_cites_its_finding(path):
 
 
 def test_grid_studies_vary_the_factor_of_their_experiment():
-    assert grid_size(load_study(STUDIES[0].parent / "weight_decay.yaml")) == 18
+    weight_decay = load_study(STUDIES[0].parent / "weight_decay.yaml")
+    assert grid_size(weight_decay) == 36  # 3 kinds x 6 magnitudes, with and without dropout
     dropout = load_study(STUDIES[0].parent / "dropout.yaml")
-    assert dropout.space["dropout"].choices == ["none", 0.2, 0.5, "0.2/0.5/0.7"]
+    assert grid_size(dropout) == 4 and not dropout.space  # four explicit points
+    assert dropout.searched_keys() == ["dropout", "dropout_placement", "epochs"]
 
 
 def test_conditional_factor_is_suggested_only_when_its_condition_holds():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from hpsearch.cli.choose import best, combine, report
+from hpsearch.cli.reproduce import reproduce
 from hpsearch.cli.search import search, server, validate, worker
 from hpsearch.cli.train import show_config, train
 
@@ -15,5 +16,6 @@ def main() -> None:
     """MLflow-tracked hyperparameter search for Keras image classifiers."""
 
 
-for command in (search, worker, validate, best, combine, report, train, show_config, server):
+for command in (search, worker, validate, reproduce, best, combine, report, train, show_config,
+                server):
     main.add_command(command)

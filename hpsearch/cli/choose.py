@@ -50,13 +50,10 @@ def best(
     from pathlib import Path
 
     try:
-        from hpsearch.chooser import Combination, best_trial, finalize, load_study
+        from hpsearch.chooser import Combination, best_trial, describe_best, finalize, load_study
 
         winner = best_trial(load_study(study_name, storage_for(storage, tracking_uri)))
-        click.echo(
-            f"study {winner.study}: best trial {winner.number}, "
-            f"value {winner.value:.4f}, MLflow run {winner.run_id}"
-        )
+        click.echo(f"study {winner.study}: {describe_best(winner)}")
         click.echo(winner.config.to_yaml().rstrip())
         if retrain:
             combination = Combination(winner.config, winner.data, {}, [winner])

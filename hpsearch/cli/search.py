@@ -208,9 +208,13 @@ def validate(study_files: tuple[str, ...]) -> None:
             continue
         size = f", grid of {grid_size(study)}" if study.sampler.type == "grid" else ""
         engine = f"{study.engine} engine, " if study.engine != "optuna" else ""
+        searched = len(study.searched_keys())
+        points = f", {len(study.points)} points" if study.points else ""
+        repeats = f", {study.repeats} repeats" if study.repeats > 1 else ""
         click.echo(
-            f"{path}: ok (study {study.name}, {engine}{study.sampler.type} sampler{size}, "
-            f"pruner {study.pruner.type}, {len(study.space)} searched factors)"
+            f"{path}: ok (study {study.name}, {engine}{study.sampler.type} sampler{size}"
+            f"{points}{repeats}, pruner {study.pruner.type}, {searched} searched "
+            f"factor{'s' if searched != 1 else ''})"
         )
     if failed:
         sys.exit(2)
