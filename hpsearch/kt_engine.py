@@ -384,6 +384,9 @@ class TrackedTuner(keras_tuner.Tuner):
             best_epoch=best.best_epoch + int(attrs.get("initial_epoch", 0)),
             wall_time_s=sum(result.wall_time_s for _, result, _ in results),
             fit_time_s=sum(result.fit_time_s for _, result, _ in results),
+            repeat=0,
+            kept_val_accuracy=best.kept_val_accuracy,
+            **best.test_metrics,  # evaluate_test: the best execution's kept weights, once
         )
         if len(results) > 1:  # the best execution's run, config and seed stand for the trial
             attrs["mlflow_run_ids"] = [run for run, _, _ in results]
@@ -401,6 +404,7 @@ class TrackedTuner(keras_tuner.Tuner):
                 "optuna.study_name": self.study.name,
                 "optuna.trial_number": str(mirror.number),
                 "hpsearch.command": "search",
+                "hpsearch.repeat": "0",  # KerasTuner repeats within a trial (its executions)
                 **tags,
                 **({"keras_tuner.execution": str(execution)} if executions > 1 else {}),
             }

@@ -164,40 +164,71 @@ def markdown(study: optuna.Study, rows: list[Row]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def save_validation_curves(rows: list[Row], path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(9, 5))
-    for row in rows:
-        values = metric_history(row.run_id, "val_accuracy") if row.run_id else []
-        if values:
-            label = f"#{row.number} {row.setting or '(fixed)'}"
-            ax.plot(range(1, len(values) + 1), values, marker=".", label=label[:40])
+def _setting_order(setting: str) -> list[tuple[str, float, str]]:
+    """Sort key of ``a=1, b=x``: key by key, numbers by value, words by name."""
+    order = []
+    for pair in setting.split(", "):
+        key, _, value = pair.partition("=")
+        try:
+            order.append((key, float(value), ""))
+        except ValueError:
+            order.append((key, -1.0 if value == "none" else 0.0, value))
+    return order
+
+
+def save_validation_curves(rows: list[Row], path: Path, title: str = "") -> Path:
+    """Validation accuracy per epoch of every trial (the study's curves, from our runs)."""
+    from matplotlib.ticker import MaxNLocator
+
+    drawn = [(row, metric_history(row.run_id, "val_accuracy") if row.run_id else [])
+             for row in rows]  # fmt: skip
+    drawn = [(row, values) for row, values in drawn if values]
+    fig, ax = plt.subplots(figsize=(11, max(4.5, 0.22 * len(drawn) + 1.5)))
+    for row, values in drawn:
+        style = "-" if row.state == "complete" else ":"
+        ax.plot(range(1, len(values) + 1), values, style, marker=".",
+                label=f"#{row.number} {row.setting or '(fixed)'}"
+                + ("" if row.state == "complete" else f" ({row.state})"))  # fmt: skip
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("validation accuracy")
+    ax.set_title(title or "Validation accuracy per epoch")
     ax.grid(alpha=0.3)
     if ax.lines:
-        ax.legend(fontsize="small", loc="lower right")
+        ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
 
-def save_accuracy_by_setting(rows: list[Row], path: Path) -> Path:
-    shown = [row for row in rows if row.val_accuracy is not None]
-    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(shown) + 2), 5))
-    labels = [f"#{r.number} {r.setting or '(fixed)'}"[:30] for r in shown]
-    ax.bar(range(len(shown)), [r.val_accuracy for r in shown], label="validation")
-    tested = [(i, r.test_accuracy) for i, r in enumerate(shown) if r.test_accuracy is not None]
-    if tested:
-        ax.scatter(*zip(*tested, strict=True), color="black", zorder=3, label="test")
-    referenced = [(i, r.reference / 100) for i, r in enumerate(shown) if r.reference is not None]
-    if referenced:
-        ax.scatter(*zip(*referenced, strict=True), marker="_", s=400, color="red", zorder=3,
-                   label="reference test")  # fmt: skip
-    ax.set_xticks(range(len(shown)), labels, rotation=45, ha="right", fontsize="small")
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(0, 1)
-    ax.legend()
+def save_accuracy_by_setting(rows: list[Row], path: Path, title: str = "") -> Path:
+    """One bar per configuration: validation (mean of repeats), test dots, the reference."""
+    groups = [g for g in by_configuration(rows) if any(r.val_accuracy is not None for r in g)]
+    groups.sort(key=lambda g: _setting_order(g[0].setting))
+    fig, ax = plt.subplots(figsize=(10, max(3.0, 0.32 * len(groups) + 1.6)))
+    labels, val, test, reference = [], [], [], []
+    for i, group in enumerate(groups):
+        done = [r for r in group if r.val_accuracy is not None]
+        labels.append(f"{group[0].setting or '(fixed)'}"
+                      + (f"  (n={len(done)})" if len(done) > 1 else ""))  # fmt: skip
+        val.append(mean_sd([r.val_accuracy for r in done])[0])
+        test += [(r.test_accuracy, i) for r in done if r.test_accuracy is not None]
+        if group[0].reference is not None:
+            reference.append((group[0].reference / 100, i))
+    ax.barh(range(len(groups)), val, color="tab:blue", alpha=0.7, label="validation (mean)")
+    if test:
+        ax.scatter(*zip(*test, strict=True), color="black", zorder=3, s=14, label="test")
+    if reference:
+        ax.scatter(*zip(*reference, strict=True), marker="|", s=300, color="tab:red", zorder=3,
+                   label="the study's test accuracy")  # fmt: skip
+    ax.set_yticks(range(len(groups)), labels, fontsize="small")
+    ax.invert_yaxis()
+    ax.set_xlabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_title(title or "Accuracy by setting")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -210,6 +241,9 @@ def write_report(study: optuna.Study, folder: Path) -> tuple[Path, list[Row]]:
     rows = rows_of(study)
     path = folder / "report.md"
     path.write_text(markdown(study, rows))
-    save_validation_curves(rows, folder / "validation_curves.png")
-    save_accuracy_by_setting(rows, folder / "accuracy_by_setting.png")
+    name = study.study_name
+    save_validation_curves(rows, folder / "validation_curves.png",
+                           f"Study {name}: validation accuracy per epoch, one line a trial")
+    save_accuracy_by_setting(rows, folder / "accuracy_by_setting.png",
+                             f"Study {name}: accuracy of the kept weights by setting")
     return path, rows

@@ -217,6 +217,10 @@ def train_final(
     keras.config.set_dtype_policy(config.precision)
     try:
         extra = [keras.callbacks.TerminateOnNaN(), *callbacks]
+        if config.optimizer_switch == "epoch":  # no validation here: a plateau never shows
+            from hpsearch.optimizers import SwitchToSgd
+
+            extra.append(SwitchToSgd(config))
         model, history, fit_time = _fit(
             config, images, labels, splits, extra, epochs, verbose, validation=None
         )

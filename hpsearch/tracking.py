@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from hpsearch.runner import TrialResult
     from hpsearch.uploads import Uploader
 
-EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate")
+EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "sgd")
 OUTCOME_TAG = "hpsearch.outcome"  # completed | pruned | failed
 REASON_TAG = "hpsearch.failure_reason"
 

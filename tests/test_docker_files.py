@@ -305,15 +305,21 @@ def test_worker_reaches_the_mlflow_server(services):
     assert is_allowed_host_header(allowed, "localhost:5000")  # the UI from the host
 
 
-def _study_data_path(study: str, workdir: str) -> str:
-    data_dir = yaml.safe_load((ROOT / study).read_text())["data"]["data_dir"]
+def _study_data_path(study: str, workdir: str, env: dict[str, str]) -> str:
+    """Where the worker's study reads its data: its data_dir, else HPSEARCH_CIFAR10."""
+    data = yaml.safe_load((ROOT / study).read_text())["data"]
+    data_dir = data.get("data_dir")
+    if data_dir is None:
+        assert data["dataset"] == "cifar10", data
+        data_dir = env["HPSEARCH_CIFAR10"]  # the local copy instead of Keras's downloader
     return posixpath.normpath(posixpath.join(workdir, data_dir))
 
 
 def test_worker_mounts_the_data_read_only_where_the_study_looks(services):
     worker = services["worker"]
     study = effective_argv(worker)[2]
-    wanted = _study_data_path(study, last(WORKER_DOCKERFILE, "WORKDIR"))
+    env = as_env(worker["environment"])
+    wanted = _study_data_path(study, last(WORKER_DOCKERFILE, "WORKDIR"), env)
     mounts = [v.split(":") for v in worker["volumes"]]
     assert any(wanted.startswith(m[1] + "/") and m[2:] == ["ro"] for m in mounts), (wanted, mounts)
 
@@ -353,7 +359,7 @@ def test_k8s_job_takes_the_storage_from_a_secret(job_container):
 
 def test_k8s_job_mounts_the_data_read_only_where_the_study_looks(job, job_container):
     study = k8s_argv(job_container)[2]
-    wanted = _study_data_path(study, last(WORKER_DOCKERFILE, "WORKDIR"))
+    wanted = _study_data_path(study, last(WORKER_DOCKERFILE, "WORKDIR"), k8s_env(job_container))
     mounts = [m for m in job_container["volumeMounts"] if wanted.startswith(m["mountPath"] + "/")]
     assert mounts and mounts[0].get("readOnly") is True, wanted
     volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
