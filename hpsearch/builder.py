@@ -183,7 +183,9 @@ def build_model(
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
         metrics=["accuracy"],
         # JAX has no graph mode: without XLA it runs every op eagerly, one by one.
-        jit_compile=config.jit_compile or keras.backend.backend() == "jax",
+        jit_compile=(config.jit_compile or keras.backend.backend() == "jax")
+        and not config.run_eagerly,
+        run_eagerly=config.run_eagerly,
     )
     if training_state:
         build_training_state(model)

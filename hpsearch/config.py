@@ -124,6 +124,9 @@ class TrialConfig(BaseModel):
     test_time_flip: bool = False
     precision: Precision = "float32"
     jit_compile: bool = False
+    # Train step by step without tracing a graph: faster only for toy runs of a few steps,
+    # where tracing and compiling cost more than the steps (`reproduce --quick`).
+    run_eagerly: bool = False
 
     @field_validator("dropout", mode="before")
     @classmethod

@@ -68,6 +68,10 @@ class Scale:
     def describe(self) -> str:
         if self.full:
             return "full size: every image, every epoch cap as in the study files"
+        if self.quick:
+            return (f"quick: at most {self.limit} images per split, epoch caps x"
+                    f"{self.epochs_scale:g} (20 -> {self.epochs(20)}, 50 -> {self.epochs(50)}), "
+                    "trained eagerly (no graph tracing)")  # fmt: skip
         limit = f"at most {self.limit} images per split" if self.limit else "every image"
         return f"{limit}, epoch caps x{self.epochs_scale:g} (20 -> {self.epochs(20)}, " \
                f"50 -> {self.epochs(50)})"  # fmt: skip
@@ -97,6 +101,8 @@ def scaled_study(path: Path, scale: Scale, data_dir: str | None) -> StudyFile:
     raw["points"] = [
         {**p, "epochs": scale.epochs(p["epochs"])} if "epochs" in p else p for p in raw["points"]
     ]
+    if scale.quick:  # a few steps a trial: tracing the train step would cost more than them
+        raw["fixed"]["run_eagerly"] = True
     if scale.repeats:
         raw["repeats"] = scale.repeats
     data = raw["data"]
