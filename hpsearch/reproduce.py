@@ -44,6 +44,8 @@ class Scale:
             raise ConfigError(f"--epochs-scale: must lie in (0, 1]; got {epochs_scale:g}")
         if repeats is not None and not 1 <= repeats <= 100:
             raise ConfigError(f"--repeats: must lie in 1..100; got {repeats}")
+        if limit is not None and limit < 10:
+            raise ConfigError(f"--limit: at least 10 (an image a class), or 0: all; got {limit}")
         if quick:
             return cls(limit or QUICK_LIMIT, epochs_scale or QUICK_EPOCHS_SCALE, repeats or 1, True)
         return cls(limit, epochs_scale or 1.0, repeats, False)

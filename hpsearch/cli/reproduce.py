@@ -17,8 +17,9 @@ from hpsearch.reference import STUDY_ORDER
 @click.option("--data-dir", default=None,
               help="A local copy of CIFAR-10 (the official cifar-10-python.tar.gz or an image "
                    "folder/archive); default: $HPSEARCH_CIFAR10, else Keras's downloader.")
-@click.option("--limit", type=click.IntRange(min=10), default=None,
-              help="At most N images per split (train, validation, test), stratified.")
+@click.option("--limit", type=click.IntRange(min=0), default=0,
+              help="At most N images per split (train, validation, test), stratified; "
+                   "0: every image.")
 @click.option("--epochs-scale", type=click.FloatRange(min=0, max=1, min_open=True), default=None,
               help="Multiply every epoch cap (20 -> 20 x S, at least 1) for a smaller run.")
 @click.option("--repeats", type=int, default=None,
@@ -52,7 +53,8 @@ def reproduce(only, data_dir, limit, epochs_scale, repeats, quick, report_only, 
     try:
         from hpsearch import reproduce as reproduction
 
-        scale = reproduction.Scale.make(quick, limit, epochs_scale, repeats)
+        scale = reproduction.Scale.make(quick, limit or None, epochs_scale, repeats)
+        data_dir = data_dir or None  # MLproject passes "" for "not given"
         planned = reproduction.plan(tuple(only), scale, data_dir)  # every file checked first
         url = storage_for(storage, tracking_uri)
         if report_only:
