@@ -24,7 +24,7 @@ def splits():
 def test_the_kept_weights_are_those_of_the_monitors_best_epoch(splits, monitor):
     config = make_config({"architecture": "baseline1", "epochs": 12, "patience": 12,
                           "learning_rate": 0.01, "monitor": monitor})  # fmt: skip
-    result = run_trial(config, splits, verbose=0)
+    result = run_trial(config, splits, evaluate_test=True, verbose=0)
     losses, accuracies = result.history["val_loss"], result.history["val_accuracy"]
     # Both watched quantities peak at different epochs here, so picking the wrong one shows.
     assert np.argmin(losses) != np.argmax(accuracies)
@@ -33,6 +33,14 @@ def test_the_kept_weights_are_those_of_the_monitors_best_epoch(splits, monitor):
     loss, accuracy, _ = evaluate(result.model, splits.x_val, splits.y_val, splits.num_classes)
     assert accuracy == pytest.approx(accuracies[best], abs=1e-6)
     assert loss == pytest.approx(losses[best], rel=1e-3)
+    # the logged figures describe the kept model: its validation accuracy, its test score
+    assert result.kept_val_accuracy == pytest.approx(accuracy, abs=1e-6)
+    assert result.best_val_accuracy == max(accuracies)
+    if monitor == "val_loss":
+        assert result.kept_val_accuracy < result.best_val_accuracy  # the two differ here
+    _, test_accuracy, _ = evaluate(result.model, splits.x_test, splits.y_test, splits.num_classes)
+    assert result.test_metrics["test_accuracy"] == pytest.approx(test_accuracy, abs=1e-9)
+    assert result.final_metrics()["kept_val_accuracy"] == result.kept_val_accuracy
 
 
 def test_pruning_steps_are_epochs_trained(splits, tmp_path):
