@@ -69,11 +69,24 @@ def best(
             )
             _say_final(outcome)
         elif export:
-            from hpsearch.tracking import download_artifact
+            from hpsearch.tracking import MissingArtifact, download_artifact
 
             if not winner.run_id:
                 raise HpsearchError(f"trial {winner.number} has no MLflow run to export from")
-            download_artifact(winner.run_id, "model.keras", Path(export))
+            try:
+                download_artifact(winner.run_id, "model.keras", Path(export))
+            except MissingArtifact as missing:
+                why = (
+                    f" yet: it waits for upload in {missing.waiting} (its worker is uploading "
+                    "it, or the study's next search or worker on this machine will); or"
+                    if missing.waiting
+                    else " (its worker died before uploading it);"
+                )
+                raise HpsearchError(
+                    f"trial {winner.number} (MLflow run {winner.run_id}) has no model.keras"
+                    f"{why} retrain it with "
+                    f"`hpsearch best --study {study_name} --retrain --export {export}`"
+                ) from None
             click.echo(f"exported trial {winner.number}'s model to {export}")
     except HpsearchError as error:
         fail(error)
