@@ -254,14 +254,18 @@ def allowed_values(key: str) -> str:
 
 
 def format_validation_error(error: ValidationError, where: str) -> str:
-    """One line per problem: where, key, value received, what is allowed."""
+    """One line per problem: where, key, value received (cut short), what is allowed."""
+    from hpsearch.errors import short_repr
+
     lines = []
     for item in error.errors():
         key = ".".join(str(p) for p in item["loc"] if not isinstance(p, int)) or "(config)"
         received = item.get("input")
         if item["type"] == "extra_forbidden":
             allowed = "known keys: " + ", ".join(TrialConfig.model_fields)
-            lines.append(f"{where}: unknown key {key!r} (value {received!r}); {allowed}")
+            lines.append(
+                f"{where}: unknown key {short_repr(key)} (value {short_repr(received)}); {allowed}"
+            )
             continue
         allowed = allowed_values(key) if key in TrialConfig.model_fields else ""
         message = item["msg"].removeprefix("Value error, ")
@@ -269,7 +273,7 @@ def format_validation_error(error: ValidationError, where: str) -> str:
             lines.append(f"{where}: {message}")
             continue
         suffix = f"; allowed: {allowed}" if allowed else ""
-        lines.append(f"{where}: {key}: got {received!r}: {message}{suffix}")
+        lines.append(f"{where}: {key}: got {short_repr(received)}: {message}{suffix}")
     return "\n".join(lines)
 
 
@@ -319,16 +323,13 @@ def _scalar(raw: str) -> Any:
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrialConfig:
     """Read a YAML trial config (or start from the defaults) and apply overrides."""
+    from hpsearch.safe_yaml import load_yaml_file
+
     values: dict[str, Any] = {}
     where = "trial config"
     if path:
         where = str(path)
-        try:
-            loaded = yaml.safe_load(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: not valid YAML: {error}") from None
+        loaded = load_yaml_file(path, "config file")
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(
                 f"{path}: expected a mapping of key: value, got {type(loaded).__name__}"

@@ -50,3 +50,32 @@ _CONNECTION_SIGNS = (
     "connectionerror",
     "remotedisconnected",
 )
+
+
+def short_repr(value: object, limit: int = 80) -> str:
+    """``repr(value)`` for a message, cut to about ``limit`` characters.
+
+    ``'aaaa…' (100000 characters)``, ``[0, 1, 2…] (5000 items)``: a huge value read from a
+    file is named, not echoed whole (nor built whole: containers are shown through reprlib).
+    """
+    import reprlib
+
+    if isinstance(value, str):
+        if len(value) <= limit:
+            return repr(value)
+        shown = repr(value[:limit])
+        return f"{shown[:-1][:limit]}…{shown[-1]} ({len(value)} characters)"
+    brief = reprlib.Repr()
+    brief.maxstring = brief.maxother = brief.maxlong = limit
+    brief.maxlist = brief.maxtuple = brief.maxset = brief.maxdict = limit // 4
+    try:
+        shown = brief.repr(value)
+        size = len(value)  # type: ignore[arg-type]
+        count = f"{size} item{'' if size == 1 else 's'}"
+    except TypeError:
+        count = f"{len(repr(value))} characters"
+    except ValueError:  # an int too long for str() (Python's 4300-digit limit)
+        return f"<{type(value).__name__} of more than {limit} digits>"
+    if len(shown) <= limit and "..." not in shown:
+        return shown
+    return f"{shown[:limit]}… ({count})"

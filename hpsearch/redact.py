@@ -4,12 +4,71 @@ from __future__ import annotations
 
 import re
 
-_CREDENTIALS = re.compile(r"(://[^/\s:@]+:)[^@\s]+@")
+#: ``scheme://`` and the authority after it (up to the path, query, fragment or whitespace);
+#: a scheme starts where no scheme character precedes it (linear time on long words)
+_AUTHORITY = re.compile(
+    r"(?<![A-Za-z0-9+.\-])[A-Za-z][A-Za-z0-9+.\-]*://(?=(?P<authority>[^/?#\s]*))"
+)
+#: the rest of a URL: up to whitespace or the next ``scheme://``
+_REST_OF_URL = re.compile(r"(?:(?!://)\S)*")
+#: query (or fragment, or ``;``-separated) parameters whose value is a secret: these names,
+#: and names ending in ``_password``, ``-token``, ``.secret``, ``x-api-key``...; a value
+#: runs to the next ``&``, ``#`` or whitespace (after a ``;``, to the next ``;`` too)
+_SECRET_NAMES = r"password|passwd|secret|token|access_token|api[_\-]?key|credentials"
+_SECRET_PARAMETER = re.compile(
+    rf"(?P<name>(?:[?&#]|(?P<semicolon>;))"
+    rf"(?:(?:[\w.\-]*[_.\-])?(?:{_SECRET_NAMES})|pwd|pass|key|sslpassword|auth)=)"
+    r"(?P<value>(?(semicolon)[^&#;\s]+|[^&#\s]+))",
+    re.IGNORECASE,
+)
+MASK = "***"
 
 
 def hide_password(text: str) -> str:
-    """``scheme://user:secret@host`` -> ``scheme://user:***@host``, in a URL or in any text."""
-    return _CREDENTIALS.sub(r"\1***@", text)
+    """Every credential a URL carries -> ``***``, in a URL or anywhere in a text.
+
+    ``scheme://user:secret@host`` -> ``scheme://user:***@host`` (up to the last ``@`` before
+    the path, so an unencoded ``@`` in the password is masked too; an empty user, as in
+    ``redis://:secret@host``, too), and secret query parameters (``?password=``, ``&token=``,
+    ``api_key``, ``sslpassword``...) -> ``name=***``. User, host, port, database and the other
+    query parameters stay readable.
+    """
+    return _SECRET_PARAMETER.sub(rf"\g<name>{MASK}", _hide_userinfo_passwords(text))
+
+
+def _hide_userinfo_passwords(text: str) -> str:
+    pieces, done = [], 0
+    for match in _AUTHORITY.finditer(text):
+        start, end = _password_span(text, match)
+        if start < done or start == end:
+            continue
+        pieces += [text[done:start], MASK]
+        done = end
+    return "".join(pieces) + text[done:]
+
+
+def _password_span(text: str, match: re.Match[str]) -> tuple[int, int]:
+    """Where the password of the URL at ``match`` is in ``text``; an empty span if none."""
+    authority, begin = match["authority"], match.start("authority")
+    colon = authority.find(":")
+    if colon < 0 or authority.startswith("["):  # no colon, or an IPv6 host: [::1]:8080
+        return begin, begin
+    at = authority.rfind("@")
+    if at > colon:  # user:password@host, the password up to the last @
+        return begin + colon + 1, begin + at
+    if at >= 0:  # user@host:port, no password
+        return begin, begin
+    # No @ before the path: host:port, or a password holding an unencoded / ? or #
+    # (postgresql://u:pa/ss@host/db), which SQLAlchemy still reads as one: after a colon that
+    # starts no port, mask up to the last @ before whitespace (or the next URL).
+    after = authority[colon + 1 :]
+    if not after or after.isdigit():
+        return begin, begin
+    start = begin + colon + 1
+    at = text.rfind("@", start, _REST_OF_URL.match(text, start).end())
+    if at < 0:
+        return begin, begin
+    return start, at
 
 
 class _RedactingFilter:

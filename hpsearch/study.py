@@ -11,11 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from hpsearch.config import DataSpec, TrialConfig, format_validation_error, make_config
-from hpsearch.errors import ConfigError
+from hpsearch.errors import ConfigError, short_repr
+from hpsearch.safe_yaml import load_yaml_file
 
 EngineName = Literal["optuna", "keras_tuner"]
 SamplerName = Literal["grid", "random", "tpe", "cmaes", "qmc", "bayesian", "hyperband"]
@@ -305,7 +305,9 @@ def _format_study_error(error: ValidationError, where: str) -> str:
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown key"
-        lines.append(f"{where}: {key}: {message} (got {item.get('input')!r})")
+        if len(key) > 80:
+            key = short_repr(key)
+        lines.append(f"{where}: {key}: {message} (got {short_repr(item.get('input'))})")
     return "\n".join(lines)
 
 
@@ -322,12 +324,7 @@ def load_study(
     ``engine`` overrides the file's engine.
     """
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: study file not found") from None
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    raw = load_yaml_file(path, "study file")
     if isinstance(raw, dict) and (fixed or data):
         raw = dict(raw)
         raw["fixed"] = {**(raw.get("fixed") or {}), **(fixed or {})}
