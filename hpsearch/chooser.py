@@ -60,7 +60,17 @@ class Combination:
 
 
 def load_study(name: str, storage: str) -> optuna.Study:
-    """The Optuna study ``name``, or a clear error listing what the storage holds."""
+    """The Optuna study ``name``, or a clear error listing what the storage holds.
+
+    A SQLite file that does not exist is reported as such, not created.
+    """
+    if storage.startswith("sqlite:///"):
+        path = Path(storage.removeprefix("sqlite:///").split("?", 1)[0])
+        if str(path) != ":memory:" and not path.exists():
+            raise HpsearchError(
+                f"no study named {name!r}: the storage file {path.resolve()} does not exist; "
+                "run `hpsearch search STUDY.yaml` first, or pass --storage"
+            )
     try:
         names = optuna.get_all_study_names(storage)
     except Exception as error:  # bad URL, unreachable database

@@ -9,6 +9,8 @@ Failed trials are recorded with their reason and the study goes on.
 from __future__ import annotations
 
 import contextlib
+import copy
+import logging
 import os
 import socket
 import tempfile
@@ -102,6 +104,9 @@ class WorkerOptions:
     max_trials: int | None = None  # at most this many trials in this process
     tracking_wait: float = 300.0  # seconds to wait for an unreachable tracking server
     max_failures_in_a_row: int = 5  # then stop: something is wrong with every trial
+    # who this process is among the study's workers: an index, or "host:pid"; it seeds the
+    # sampler so that workers propose different points (None: the study's only process)
+    worker: int | str | None = None
 
 
 def make_storage(url: str, options: WorkerOptions) -> optuna.storages.BaseStorage:
@@ -168,7 +173,93 @@ class StaleTrialHandler:
         if run_id:
             close_lost_run(run_id)
         _close_orphaned_runs(study, trial.user_attrs.get("worker"))
-        self.retry(study, trial)
+        retry = copy.copy(trial)  # the retry copies the user attributes, not the failure's
+        retry.user_attrs = {k: v for k, v in trial.user_attrs.items() if k != "fail_reason"}
+        self.retry(study, retry)
+
+
+LOST = "worker_lost"
+
+
+def fail_lost_trials(
+    study: optuna.Study, handler: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None
+) -> list[int]:
+    """Fail the RUNNING trials whose worker is gone; returns their numbers.
+
+    A trial is lost when its worker process ran on this machine and no longer
+    exists (found at once: see :func:`_worker_gone`), or when its heartbeat
+    stopped for the grace period (any machine: Optuna's stale trials). Each gets
+    ``fail_reason: worker_lost`` and then its FAIL state (a finished trial takes
+    no attributes; a trial that finishes or is failed by another worker meanwhile
+    is left alone), then ``handler`` (a :class:`StaleTrialHandler`: closes its
+    MLflow run FAILED and queues its retry). Optuna's own check for stale trials
+    at the start of each trial runs the storage's callback alone: a trial failed
+    there in the instant between two of these checks lacks ``fail_reason``.
+    """
+    storage = study._storage  # noqa: SLF001 - a Study has no public accessor for its storage
+    study_id = storage.get_study_id_from_name(study.study_name)
+    ids: set[int] = set()
+    if getattr(storage, "get_heartbeat_interval", lambda: None)() is not None:
+        ids.update(storage._get_stale_trial_ids(study_id))  # noqa: SLF001 - Optuna's own query
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if _worker_gone(trial.user_attrs):
+            ids.add(storage.get_trial_id_from_study_id_trial_number(study_id, trial.number))
+    failed = []
+    for trial_id in sorted(ids):
+        try:
+            storage.set_trial_user_attr(trial_id, "fail_reason", LOST)
+            if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # finished after all, or failed by another worker first
+        trial = storage.get_trial(trial_id)
+        failed.append(trial.number)
+        if handler is not None:
+            handler(study, trial)
+    return failed
+
+
+def _worker_gone(attrs: dict) -> bool:
+    """Whether the process a trial's ``worker`` (``host:pid``) names is known to be dead.
+
+    Only a process of this machine can be checked. With ``worker_start`` (Linux:
+    the boot, PID namespace and start time of the process) recorded, a process
+    that is gone, a zombie, or a new process that reuses the pid is dead, and a
+    worker of another PID namespace (another container of the same host name)
+    is left to the heartbeat. Without it (another system), ``os.kill(pid, 0)``
+    decides, and a reused pid keeps the trial until its heartbeat goes stale:
+    a wait, never a live trial failed.
+    """
+    host, _, pid_text = str(attrs.get("worker", "")).rpartition(":")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid, recorded = int(pid_text), attrs.get("worker_start")
+    if recorded:
+        here = _process_start(os.getpid())
+        if here is None or recorded.rsplit("/", 1)[0] != here.rsplit("/", 1)[0]:
+            return False  # another boot or PID namespace: not for this process to judge
+        return _process_start(pid) != recorded
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, someone else's
+        return False
+    return False
+
+
+def _process_start(pid: int) -> str | None:
+    """``boot id/PID namespace/start time`` of a live process (Linux /proc); else None."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.readlink("/proc/self/ns/pid")
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # after the command name: fields 3 on
+    if fields[0] in ("Z", "X"):  # killed, not yet reaped by its parent
+        return None
+    return f"{boot}/{namespace}/{fields[19]}"  # field 22: start time, ticks since boot
 
 
 def _close_orphaned_runs(study: optuna.Study, worker: str | None) -> None:
@@ -186,9 +277,14 @@ def _close_orphaned_runs(study: optuna.Study, worker: str | None) -> None:
         close_orphaned_run(trial.user_attrs["mlflow_run_id"], outcome)
 
 
-def open_study(spec: StudyFile, storage: optuna.storages.BaseStorage) -> tuple[optuna.Study, bool]:
-    """Create the study, or load it when it exists; True when this process created it."""
-    settings = {"sampler": make_sampler(spec), "pruner": make_pruner(spec)}
+def open_study(
+    spec: StudyFile, storage: optuna.storages.BaseStorage, worker: int | str | None = None
+) -> tuple[optuna.Study, bool]:
+    """Create the study, or load it when it exists; True when this process created it.
+
+    ``worker``: this process's identity among several workers (seeds its sampler).
+    """
+    settings = {"sampler": make_sampler(spec, worker), "pruner": make_pruner(spec)}
     try:
         study = optuna.create_study(
             study_name=spec.name, storage=storage, direction=spec.objective.direction, **settings
@@ -282,6 +378,7 @@ class _Objective:
         trial.set_user_attr("seed", values["seed"])
         trial.set_user_attr("repeat", repeat)
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        trial.set_user_attr("worker_start", _process_start(os.getpid()))
         tags = {
             "optuna.study_name": self.spec.name,
             "optuna.trial_number": str(trial.number),
@@ -347,23 +444,32 @@ def run_search(
     verbose: int = 2,
     extra_callbacks: TrialCallbacks | None = None,
     options: WorkerOptions | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> SearchOutcome:
     """Run (or resume, or join) the study until its trial total or the timeout is reached.
 
     Any number of processes may run this on the same storage: each takes trials
-    until the study's total is reached, and the last one to finish closes the
-    parent run.
+    until the study's total is reached (waiting for the last ones running
+    elsewhere), and the last one to finish closes the parent run. The data are
+    loaded before anything is written: bad data leave no study behind. ``warn``
+    (default: ``echo``) gets what goes wrong on the way (the CLI: stderr).
     """
     options = options or WorkerOptions()
+    warn = warn or echo
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     redact_logs("optuna", "mlflow")
-    study, created = open_study(spec, make_storage(storage, options))
-    splits, fingerprint = load_splits(spec.data)
+    quiet_trial_failures()
+    splits, fingerprint = load_splits(spec.data)  # bad data: nothing written yet
+    study, created = open_study(spec, make_storage(storage, options), options.worker)
     parent = find_parent(study, spec, storage, created)
     total = study_total(spec, n_trials)
+    handler = StaleTrialHandler(options.max_retry)
+    fail_lost_trials(study, handler)  # a worker killed here a moment ago: its trial runs again
+    running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
     echo(
         f"[{spec.name}] {'starting' if created else 'resuming'}: "
         f"{trials_to_run(study, spec, n_trials)} of {total or 'unlimited'} trials left"
+        f"{f' ({running} running in other workers)' if running else ''}"
         f"{f', timeout {timeout or spec.timeout:g}s' if (timeout or spec.timeout) else ''}; "
         f"{len(splits.x_train)} training images; storage {hide_password(storage)}"
     )
@@ -371,17 +477,19 @@ def run_search(
     freeze_startup_objects()
     interrupted = False
     try:
-        _run_trials(study, spec, objective, options, total, timeout or spec.timeout, echo)
+        _run_trials(
+            study, spec, objective, options, total, timeout or spec.timeout, echo, warn, handler
+        )
     except KeyboardInterrupt:
         interrupted = True
     finally:
         objective.uploader.go()  # the last uploads run while the summary is drawn
         status = "KILLED" if interrupted else "FINISHED"
         try:
-            uploads = lambda: _finish_uploads(objective.uploader, echo)  # noqa: E731
-            finish_parent(study, parent, status, before_logging=uploads)
+            uploads = lambda: _finish_uploads(objective.uploader, warn)  # noqa: E731
+            finish_parent(study, parent, status, before_logging=uploads, handler=handler)
         finally:
-            _finish_uploads(objective.uploader, echo)  # at once when done already
+            _finish_uploads(objective.uploader, warn)  # at once when done already
             objective.drawer.close()
             if interrupted:
                 _mend_interrupted_run(study, objective.last_run)
@@ -425,29 +533,55 @@ def study_total(spec: StudyFile, n_trials: int | None) -> int | None:
     return total * spec.repeats if total else total
 
 
-def _run_trials(study, spec, objective, options, total, timeout, echo) -> None:
-    """One trial at a time while the study's total, this process's share and time allow."""
+WAIT_POLL_S = 5.0  # while the study's last trials run elsewhere, look again this often
+
+
+def _run_trials(study, spec, objective, options, total, timeout, echo, warn, handler) -> None:
+    """One trial at a time while the study's total, this process's share and time allow.
+
+    When all that is left of the total is running in other workers, wait for
+    them: they finish, or fail (and are retried here) once found lost.
+    """
     deadline = time.monotonic() + timeout if timeout else None
     progress = StudyProgress(total, echo)
     ran = failures_in_a_row = 0
-    with StaleTrialReaper(study, options.heartbeat):
+    waiting = False
+    with StaleTrialReaper(study, options.heartbeat, handler):
         while True:
-            optuna.storages.fail_stale_trials(study)
-            if total is not None and _taken(study) >= total:
+            fail_lost_trials(study, handler)
+            done, running = _done_and_running(study)
+            if total is not None and done >= total:
                 break
             if options.max_trials is not None and ran >= options.max_trials:
                 break
             if deadline is not None and time.monotonic() >= deadline:
                 break
+            if total is not None and done + running >= total:  # the rest runs elsewhere
+                if options.heartbeat <= 0:
+                    warn(
+                        f"[{spec.name}] {running} trial(s) still running in other workers; "
+                        "without heartbeats a lost one is never failed: rerun once they end"
+                    )
+                    break
+                if not waiting:
+                    grace = options.grace or 4 * options.heartbeat
+                    echo(
+                        f"[{spec.name}] waiting for {running} trial(s) running in other "
+                        f"workers (one whose worker is lost is retried within {grace}s)"
+                    )
+                waiting = True
+                time.sleep(min(WAIT_POLL_S, options.heartbeat))
+                continue
+            waiting = False
             close_unclosed_runs()
             study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[progress])
             ran += 1
             if objective.last_failure == "tracking_unreachable":
-                wait_for_tracking(options.tracking_wait, echo)
+                wait_for_tracking(options.tracking_wait, warn)
                 continue
             failures_in_a_row = failures_in_a_row + 1 if objective.last_failure else 0
             if failures_in_a_row >= options.max_failures_in_a_row:
-                echo(
+                warn(
                     f"[{spec.name}] stopping: {failures_in_a_row} trials in a row failed "
                     f"(last: {objective.last_failure}); fix the cause and rerun to resume"
                 )
@@ -456,10 +590,36 @@ def _run_trials(study, spec, objective, options, total, timeout, echo) -> None:
                 break
 
 
-def _taken(study: optuna.Study) -> int:
-    """Trials that count toward the total: completed, pruned, and running elsewhere."""
-    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-    return len(study.get_trials(deepcopy=False, states=states))
+def _done_and_running(study: optuna.Study) -> tuple[int, int]:
+    """Trials that count toward the total (completed, pruned), and those running elsewhere."""
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    done = states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED)
+    return done, states.count(TrialState.RUNNING)
+
+
+class _QuietTrialFailures(logging.Filter):
+    """Optuna's warning about a failed (or interrupted) trial, in one line.
+
+    Optuna logs each one with the exception's traceback and a second line
+    ("failed with value None"); hpsearch prints its own line per trial with the
+    reason and records the error's text on the trial's run. The error's text
+    stays on Optuna's line; ``HPSEARCH_TRACEBACKS=1`` keeps the tracebacks.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message.startswith("Trial ") and message.endswith(" failed with value None."):
+            return False
+        if record.exc_info and not os.environ.get("HPSEARCH_TRACEBACKS"):
+            record.exc_info = record.exc_text = None
+        return True
+
+
+def quiet_trial_failures() -> None:
+    """Install :class:`_QuietTrialFailures` on Optuna's log handlers (once)."""
+    for handler in logging.getLogger("optuna").handlers:
+        if not any(isinstance(f, _QuietTrialFailures) for f in handler.filters):
+            handler.addFilter(_QuietTrialFailures())
 
 
 def finish_parent(
@@ -467,13 +627,15 @@ def finish_parent(
     parent: StudyRun,
     status: str,
     before_logging: Callable[[], None] | None = None,
+    handler: StaleTrialHandler | None = None,
 ) -> None:
     """Write the summary; close the parent run unless other workers are still running.
 
     ``before_logging`` runs between drawing the summary and logging it (the driver
-    waits there for its last background uploads, which ran meanwhile).
+    waits there for its last background uploads, which ran meanwhile). Lost
+    trials are failed first, through ``handler`` (default: one with 2 retries).
     """
-    optuna.storages.fail_stale_trials(study)
+    fail_lost_trials(study, handler or StaleTrialHandler(WorkerOptions.max_retry))
     _log_summary(study, parent, before_logging)
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     if status != "FINISHED" or not running:
@@ -481,22 +643,24 @@ def finish_parent(
 
 
 class StaleTrialReaper:
-    """Fails trials whose worker stopped sending heartbeats, every ``interval`` seconds.
+    """Fails lost workers' trials (:func:`fail_lost_trials`) every ``interval`` seconds.
 
     Optuna checks for stale trials only when a worker starts a trial; this thread
     makes a lost worker's trial FAIL (and be retried) within the grace period even
     while every other worker is busy in a long trial.
     """
 
-    def __init__(self, study: optuna.Study, interval: float) -> None:
-        self.study, self.interval = study, interval
+    def __init__(
+        self, study: optuna.Study, interval: float, handler: StaleTrialHandler | None = None
+    ) -> None:
+        self.study, self.interval, self.handler = study, interval, handler
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="stale-trials", daemon=True)
 
     def _loop(self) -> None:
         while not self.stop.wait(self.interval):
             with contextlib.suppress(Exception):  # a transient storage error must not kill it
-                optuna.storages.fail_stale_trials(self.study)
+                fail_lost_trials(self.study, self.handler)
 
     def __enter__(self) -> StaleTrialReaper:
         if self.interval > 0:

@@ -10,7 +10,11 @@ from optuna.trial import TrialState
 
 
 class StudyProgress:
-    """Optuna callback that prints one line per trial to ``echo``."""
+    """Optuna callback that prints one line per trial to ``echo``.
+
+    "N/T done" counts what counts toward the study's total ``T``: completed and
+    pruned trials (never more than ``T``); failed ones are shown apart.
+    """
 
     def __init__(self, target: int | None, echo: Callable[[str], None]) -> None:
         self.target, self.echo = target, echo
@@ -19,7 +23,6 @@ class StudyProgress:
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         trials = study.get_trials(deepcopy=False)  # one read of the storage, counts and best
         states = [t.state for t in trials]
-        done = sum(s != TrialState.RUNNING and s != TrialState.WAITING for s in states)
         counts = {
             "complete": states.count(TrialState.COMPLETE),
             "pruned": states.count(TrialState.PRUNED),
@@ -33,6 +36,9 @@ class StudyProgress:
         elif trial.state == TrialState.PRUNED:
             outcome += f" after epoch {trial.last_step}"  # steps are epochs trained
         seconds = (trial.datetime_complete - trial.datetime_start).total_seconds()
+        done = counts["complete"] + counts["pruned"]
+        if self.target:
+            done = min(done, self.target)  # e.g. a grid point two workers ran at once
         of = f"/{self.target}" if self.target else ""
         summary = ", ".join(f"{n} {k}" for k, n in counts.items())
         best = _best(trials, study.direction)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import optuna
 
 from hpsearch.config import TrialConfig
@@ -10,14 +12,42 @@ from hpsearch.space import grid_space
 from hpsearch.study import StudyFile
 
 
-def make_sampler(study: StudyFile) -> optuna.samplers.BaseSampler:
+def worker_seed(seed: int, worker: int | str | None) -> int:
+    """The sampler seed of one process among a study's workers.
+
+    ``worker`` None (a lone ``hpsearch search``): ``seed`` itself, so a seeded study
+    run in one process draws the same trials every time. Otherwise a seed mixed from
+    ``seed`` and the worker's identity (its index, or ``host:pid`` for a worker
+    started without one): samplers seeded alike in several processes would propose
+    the same points. The same seed and index give the same worker seed.
+    """
+    if worker is None:
+        return seed
+    if isinstance(worker, int):
+        key = [0, worker]
+    else:
+        key = [1, int.from_bytes(hashlib.sha256(worker.encode()).digest()[:8], "big")]
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, *key]).generate_state(1)[0])
+
+
+def make_sampler(study: StudyFile, worker: int | str | None = None) -> optuna.samplers.BaseSampler:
+    """The study's sampler; ``worker`` (see :func:`worker_seed`) when several processes share it.
+
+    A grid keeps the study's seed in every worker: Optuna's ``GridSampler``
+    shuffles its points with it and records each trial's point as an index into
+    that order, and it gives the first trials the point of their trial number,
+    so workers sharing one order visit each point once.
+    """
     spec = study.sampler
+    seed = worker_seed(spec.seed, worker)
     if spec.type == "grid":
         return optuna.samplers.GridSampler(grid_space(study), seed=spec.seed)
     if spec.type == "random":
-        return optuna.samplers.RandomSampler(seed=spec.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
     if spec.type == "qmc":
-        return optuna.samplers.QMCSampler(seed=spec.seed)
+        return optuna.samplers.QMCSampler(seed=seed)
     startup = {} if spec.n_startup_trials is None else {"n_startup_trials": spec.n_startup_trials}
     if spec.type == "cmaes":
         try:
@@ -26,8 +56,8 @@ def make_sampler(study: StudyFile) -> optuna.samplers.BaseSampler:
             raise ConfigError(
                 f"{study.name}: sampler cmaes needs the 'cmaes' package: pip install cmaes"
             ) from None
-        return optuna.samplers.CmaEsSampler(seed=spec.seed, **startup)
-    return optuna.samplers.TPESampler(seed=spec.seed, **startup)
+        return optuna.samplers.CmaEsSampler(seed=seed, **startup)
+    return optuna.samplers.TPESampler(seed=seed, **startup)
 
 
 def make_pruner(study: StudyFile) -> optuna.pruners.BasePruner:

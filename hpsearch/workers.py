@@ -43,23 +43,35 @@ def launch_workers(
     n_trials: int | None,
     worker_args: Sequence[str],
     echo: Callable[[str], None],
+    max_retry: int = 2,
 ) -> int:
-    """Start ``workers`` ``hpsearch worker`` processes on one study and wait for them."""
+    """Start ``workers`` ``hpsearch worker`` processes on one study and wait for them.
+
+    The data are checked first (bad data: nothing written). Worker ``i`` gets
+    ``--worker-index i`` (its sampler's seed) and prints no summary of its own:
+    this process prints the one summary once they are done.
+    """
     import mlflow
 
     from hpsearch.driver import (
+        StaleTrialHandler,
         WorkerOptions,
         _outcome,
         describe,
+        fail_lost_trials,
         find_parent,
         finish_parent,
         make_storage,
         open_study,
         trials_to_run,
     )
+    from hpsearch.trial import load_splits
 
+    load_splits(spec.data)  # a data error stops here, before the study exists
     study, created = open_study(spec, make_storage(storage, WorkerOptions(heartbeat=0)))
     parent = find_parent(study, spec, storage, created)  # before the workers look for it
+    handler = StaleTrialHandler(max_retry)
+    fail_lost_trials(study, handler)  # trials of workers killed here: retried by these ones
     left = trials_to_run(study, spec, n_trials)
     plan = [share for share in shares(left, workers) if share != 0]
     echo(f"[{spec.name}] {len(plan)} workers for {left if left is not None else 'unlimited'} "
@@ -67,9 +79,10 @@ def launch_workers(
     env = {**os.environ, "HPSEARCH_STORAGE": storage,
            "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}  # fmt: skip
     processes = []
-    for share in plan:
+    for index, share in enumerate(plan):
         limit = ["--max-trials", str(share)] if share else []
-        command = [sys.executable, "-m", "hpsearch.cli", "worker", *worker_args, *limit]
+        me = ["--worker-index", str(index), "--no-summary"]
+        command = [sys.executable, "-m", "hpsearch.cli", "worker", *worker_args, *limit, *me]
         processes.append(subprocess.Popen(command, env=env))
     interrupted = False
     try:
@@ -81,7 +94,7 @@ def launch_workers(
                 process.send_signal(signal.SIGTERM)
         codes = [_wait(process) for process in processes]
     status = "KILLED" if interrupted else "FINISHED"
-    finish_parent(study, parent, status)
+    finish_parent(study, parent, status, handler=handler)
     echo(describe(_outcome(study, parent, interrupted)))
     if interrupted:
         return 130
@@ -104,8 +117,14 @@ def server_command(
     auth: bool,
     workers: int,
     echo: Callable[[str], None],
-) -> list[str]:
-    """The ``mlflow server`` command line, after checking the backend store is usable."""
+) -> tuple[list[str], dict[str, str]]:
+    """The ``mlflow server`` command line and the environment it needs, after checking the
+    backend store is usable.
+
+    The backend store URI, password and all, travels in ``MLFLOW_BACKEND_STORE_URI`` (the
+    environment variable of ``mlflow server --backend-store-uri``), not on the command line
+    that ``ps`` shows to every user of the machine.
+    """
     from hpsearch.connections import check_storage
 
     if "://" not in backend_store_uri:
@@ -120,7 +139,6 @@ def server_command(
     command = [
         sys.executable, "-m", "mlflow", "server",
         "--host", host, "--port", str(port),
-        "--backend-store-uri", backend_store_uri,
         "--artifacts-destination", artifacts_destination,
         "--workers", str(workers),
     ]  # fmt: skip
@@ -129,4 +147,4 @@ def server_command(
     echo(f"MLflow tracking server on http://{host}:{port} (backend "
          f"{hide_password(backend_store_uri)}, artifacts {artifacts_destination}"
          f"{', basic auth' if auth else ''})")  # fmt: skip
-    return command
+    return command, {"MLFLOW_BACKEND_STORE_URI": backend_store_uri}

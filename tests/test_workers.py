@@ -247,7 +247,86 @@ def test_server_command_starts_a_tracking_server_on_loopback(tmp_path):
             pytest.fail("hpsearch server did not answer /health")
         client = MlflowClient(tracking_uri=f"http://127.0.0.1:{port}")
         assert client.create_experiment("probe")
+        # the store URI reaches mlflow server through MLFLOW_BACKEND_STORE_URI, not its argv
+        command_line = Path(f"/proc/{server.pid}/cmdline").read_bytes().split(b"\0")
+        assert b"--backend-store-uri" not in command_line
+        assert (tmp_path / "m.db").exists()
     finally:
         server.terminate()
-        output = server.communicate(timeout=30)[0]
+        output = server.communicate(timeout=120)[0]
     assert f"MLflow tracking server on http://127.0.0.1:{port}" in output
+
+
+def test_server_keeps_the_backend_store_password_off_every_command_line(postgres_url, tmp_path):
+    """`ps` shows argv to every user: the server and its workers carry no password there."""
+    import urllib.request
+
+    import psycopg
+    from conftest import free_port
+    from sqlalchemy.engine import make_url
+
+    password = make_url(postgres_url).password
+    assert password and password in postgres_url
+    port = free_port()
+    server = subprocess.Popen(
+        cli("server", "--port", str(port), "--backend-store-uri", postgres_url,
+            "--artifacts-destination", str(tmp_path / "artifacts")),
+        cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+    def command_lines() -> dict[int, bytes]:
+        """argv of the server and every process under it, as ``ps`` shows them."""
+        parents = {}
+        for entry in Path("/proc").iterdir():
+            try:
+                stat = (entry / "stat").read_text()
+                parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+            except (ValueError, OSError):
+                continue
+        family, grown = {server.pid}, True
+        while grown:
+            more = {pid for pid, parent in parents.items() if parent in family} - family
+            family, grown = family | more, bool(more)
+        return {pid: line for pid in family if (line := command_lines_of(pid)) is not None}
+
+    def command_lines_of(pid: int) -> bytes | None:
+        try:
+            return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            return None
+
+    lines: dict[int, bytes] = {}
+    try:
+        deadline = time.monotonic() + 180  # migrations of a new database
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as reply:
+                    assert reply.status == 200
+                    break
+            except OSError:
+                assert server.poll() is None, server.stdout.read()
+                time.sleep(0.5)
+        else:
+            pytest.fail("hpsearch server did not answer /health")
+        experiment = MlflowClient(tracking_uri=f"http://127.0.0.1:{port}").create_experiment("pg")
+        lines = command_lines()
+        assert len(lines) >= 2, lines  # mlflow server and its web server, job runner...
+        for pid, line in lines.items():
+            assert password.encode() not in line, (pid, line)
+            assert b"--backend-store-uri" not in line, (pid, line)
+    finally:
+        server.terminate()  # mlflow server stops its children: 20 s or more on a busy machine
+        try:
+            output = server.communicate(timeout=120)[0]
+        except subprocess.TimeoutExpired:
+            server.kill()
+            output = server.communicate()[0]
+            for pid, line in lines.items():  # what the killed server left running
+                if pid != server.pid and command_lines_of(pid) == line:
+                    os.kill(pid, signal.SIGKILL)
+    assert password not in output
+    assert ":***@" in output  # the startup line names the backend, password masked
+    with psycopg.connect(postgres_url) as connection:  # the server wrote to that database
+        names = connection.execute("SELECT name FROM experiments WHERE experiment_id = %s",
+                                   (int(experiment),)).fetchall()  # fmt: skip
+    assert names == [("pg",)]

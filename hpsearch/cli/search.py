@@ -61,7 +61,8 @@ def _load(study_file, overrides, data_dir, limit, engine=None):
 
 def _run(study_file, n_trials, timeout, storage, tracking_uri, data_dir, limit, overrides,
          heartbeat, grace, max_retry, quiet, max_trials=None, engine=None,
-         worker=False) -> None:  # fmt: skip
+         worker=False, worker_index=None, summary=True) -> None:  # fmt: skip
+    """Run the study in this process; ``worker``: as one of several (its own sampler seed)."""
     stop_on_sigterm()
     try:
         spec = _load(study_file, overrides, data_dir, limit, engine)
@@ -76,6 +77,12 @@ def _run(study_file, n_trials, timeout, storage, tracking_uri, data_dir, limit, 
 
         check_engine(spec, url)
         options = WorkerOptions(heartbeat, grace, max_retry, max_trials)
+        if worker:  # seeds the sampler: workers seeded alike would propose the same points
+            import os
+            import socket
+
+            identity = f"{socket.gethostname()}:{os.getpid()}"
+            options.worker = worker_index if worker_index is not None else identity
         if spec.engine == "keras_tuner":
             from hpsearch.kt_engine import run_search as run_keras_tuner
 
@@ -85,10 +92,12 @@ def _run(study_file, n_trials, timeout, storage, tracking_uri, data_dir, limit, 
                                       options=options)  # fmt: skip
         else:
             outcome = run_search(spec, url, n_trials or None, timeout or None, echo=click.echo,
-                                 verbose=0 if quiet else 2, options=options)  # fmt: skip
+                                 verbose=0 if quiet else 2, options=options,
+                                 warn=lambda line: click.echo(line, err=True))  # fmt: skip
     except HpsearchError as error:
         fail(error)
-    click.echo(describe(outcome))
+    if summary:
+        click.echo(describe(outcome))
     if outcome.interrupted:
         sys.exit(130)
 
@@ -125,7 +134,8 @@ def search(study_file, n_trials, timeout, storage, tracking_uri, data_dir, limit
         passed += ["--limit", str(limit)] if limit else []
         passed += [arg for item in overrides for arg in ("--set", item)]
         passed += ["--quiet"] if quiet else []
-        code = launch_workers(spec, url, workers, n_trials or None, passed, click.echo)
+        code = launch_workers(spec, url, workers, n_trials or None, passed, click.echo,
+                              max_retry=max_retry)  # fmt: skip
     except HpsearchError as error:
         fail(error)
     sys.exit(code)
@@ -138,14 +148,26 @@ def search(study_file, n_trials, timeout, storage, tracking_uri, data_dir, limit
 @click.option("--gpu", type=click.IntRange(min=0), default=None,
               help="Pin this worker to one GPU (CUDA device index); memory is claimed as "
                    "needed, so several workers can share a GPU.")  # fmt: skip
+@click.option("--worker-index", type=click.IntRange(min=0), default=None,
+              envvar="HPSEARCH_WORKER_INDEX",
+              help="This worker's number among the study's workers, or $HPSEARCH_WORKER_INDEX: "
+                   "its sampler is seeded from the study's seed and this number, so that "
+                   "workers propose different points (give each worker its own). Default: a "
+                   "seed from host:pid, different in every process. `search --workers N` "
+                   "numbers its workers 0..N-1; a lone `search` uses the study's seed "
+                   "itself.")  # fmt: skip
+@click.option("--no-summary", "no_summary", is_flag=True, hidden=True,
+              help="Print no closing summary (`search --workers` prints one for all).")  # fmt: skip
 def worker(study_file, n_trials, timeout, storage, tracking_uri, data_dir, limit, overrides,
-           heartbeat, grace, max_retry, quiet, max_trials, gpu) -> None:  # fmt: skip
+           heartbeat, grace, max_retry, quiet, max_trials, gpu, worker_index,
+           no_summary) -> None:  # fmt: skip
     """Join a shared study as one worker (any machine, same storage and tracking server)."""
     from hpsearch.workers import configure_gpu
 
     configure_gpu(gpu)
     _run(study_file, n_trials, timeout, storage, tracking_uri, data_dir, limit, overrides,
-         heartbeat, grace, max_retry, quiet, max_trials, worker=True)  # fmt: skip
+         heartbeat, grace, max_retry, quiet, max_trials, worker=True, worker_index=worker_index,
+         summary=not no_summary)  # fmt: skip
 
 
 @click.command()
@@ -180,15 +202,17 @@ def server(host, port, backend_store_uri, artifacts_destination, auth, allowed_h
     from hpsearch.workers import server_command
 
     try:
-        command = server_command(host, port, backend_store_uri, artifacts_destination, auth,
-                                 workers, click.echo)  # fmt: skip
+        command, environment = server_command(host, port, backend_store_uri,
+                                              artifacts_destination, auth, workers,
+                                              click.echo)  # fmt: skip
         if allowed_hosts:
             command += ["--allowed-hosts", allowed_hosts]
     except HpsearchError as error:
         fail(error)
     import os
 
-    os.execvp(command[0], command)
+    # the backend store URI (and its password) goes in the environment, not in argv (ps)
+    os.execvpe(command[0], command, {**os.environ, **environment})
 
 
 @click.command()
