@@ -175,7 +175,9 @@ def _check_space(study: StudyFile, where: str) -> None:
     fields = TrialConfig.model_fields
     for key in study.space:
         if key not in fields:
-            raise ConfigError(f"{where}: space.{key}: unknown factor; known: {', '.join(fields)}")
+            raise ConfigError(
+                f"{where}: space.{short_repr(key)}: unknown factor; known: {', '.join(fields)}"
+            )
         if key in study.fixed:
             raise ConfigError(f"{where}: {key} is both fixed and searched; keep one")
     base = make_config(study.fixed, f"{where}: fixed")
@@ -183,7 +185,7 @@ def _check_space(study: StudyFile, where: str) -> None:
         for condition in factor.when or {}:
             if condition not in study.space and condition not in fields:
                 raise ConfigError(
-                    f"{where}: space.{key}.when: unknown factor {condition!r}; "
+                    f"{where}: space.{key}.when: unknown factor {short_repr(condition)}; "
                     f"expected a key of space or of the trial config"
                 )
         samples = factor.choices if factor.choices is not None else [factor.low, factor.high]
@@ -216,7 +218,9 @@ def _check_points(study: StudyFile, base: TrialConfig, where: str) -> None:
             raise ConfigError(f"{here}: empty: give at least one key: value")
         for key in point:
             if key not in fields:
-                raise ConfigError(f"{here}: unknown key {key!r}; known: {', '.join(fields)}")
+                raise ConfigError(
+                    f"{here}: unknown key {short_repr(key)}; known: {', '.join(fields)}"
+                )
             if key in study.fixed or key in study.space:
                 place = "fixed" if key in study.fixed else "space"
                 raise ConfigError(f"{here}: {key} is also in {place}; keep one")

@@ -182,7 +182,9 @@ def worker(study_file, n_trials, timeout, storage, tracking_uri, data_dir, limit
     "--backend-store-uri",
     default="sqlite:///mlflow.db",
     show_default=True,
-    help="Where runs are stored: SQLite, or postgresql://user:password@host/db.",
+    envvar="MLFLOW_BACKEND_STORE_URI",
+    help="Where runs are stored: SQLite, or postgresql://user:password@host/db "
+    "($MLFLOW_BACKEND_STORE_URI keeps a password off the command line).",
 )
 @click.option(
     "--artifacts-destination",
