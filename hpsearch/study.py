@@ -176,7 +176,7 @@ def _check_space(study: StudyFile, where: str) -> None:
     for key in study.space:
         if key not in fields:
             raise ConfigError(
-                f"{where}: space.{short_repr(key)}: unknown factor; known: {', '.join(fields)}"
+                f"{where}: space.{_name(key)}: unknown factor; known: {', '.join(fields)}"
             )
         if key in study.fixed:
             raise ConfigError(f"{where}: {key} is both fixed and searched; keep one")
@@ -206,6 +206,11 @@ def _check_space(study: StudyFile, where: str) -> None:
         raise ConfigError(
             f"{where}: n_trials or timeout is required for a {study.sampler.type} sampler"
         )
+
+
+def _name(key: object) -> str:
+    """A key as written, or cut (with its length) when it is too long to echo."""
+    return key if isinstance(key, str) and len(key) <= 80 else short_repr(key)
 
 
 def _check_points(study: StudyFile, base: TrialConfig, where: str) -> None:
