@@ -190,8 +190,8 @@ def markdown(rows: list[NumberRow], findings: list, scale: Scale, names: dict[st
     lines = [
         "# Reproduction of the reference study",
         "",
-        f"Scale: {scale.describe()}; repeats: "
-        f"{scale.repeats or 'as in each study file'}. Wall time {wall_s / 60:.1f} min.",
+        f"Scale: {scale.describe()}; repeats: {scale.repeats or 'as in each study file'}."
+        + (f" Wall time {wall_s / 60:.1f} min." if wall_s else " (Written from the storage.)"),
     ]
     if scale.quick:
         lines += ["", "**`--quick` proves the report's shape, not the study: a few hundred images "
