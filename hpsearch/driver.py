@@ -29,6 +29,7 @@ from optuna.trial import TrialState
 from hpsearch.config import make_config
 from hpsearch.drawing import DrawingProcess
 from hpsearch.errors import HpsearchError, failure_reason
+from hpsearch.optuna_compat import grid_exhausted, stale_trial_ids, study_storage
 from hpsearch.progress import StudyProgress
 from hpsearch.redact import hide_password, redact_logs
 from hpsearch.samplers import make_pruner, make_sampler
@@ -196,11 +197,11 @@ def fail_lost_trials(
     at the start of each trial runs the storage's callback alone: a trial failed
     there in the instant between two of these checks lacks ``fail_reason``.
     """
-    storage = study._storage  # noqa: SLF001 - a Study has no public accessor for its storage
+    storage = study_storage(study)
     study_id = storage.get_study_id_from_name(study.study_name)
     ids: set[int] = set()
     if getattr(storage, "get_heartbeat_interval", lambda: None)() is not None:
-        ids.update(storage._get_stale_trial_ids(study_id))  # noqa: SLF001 - Optuna's own query
+        ids.update(stale_trial_ids(storage, study_id))
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if _worker_gone(trial.user_attrs):
             ids.add(storage.get_trial_id_from_study_id_trial_number(study_id, trial.number))
@@ -301,9 +302,8 @@ def find_parent(study: optuna.Study, spec: StudyFile, storage_url: str, created:
     while run_id is None and not created and waited < 30:  # its creator is making it now
         time.sleep(1.0)
         waited += 1.0
-        run_id = optuna.load_study(study_name=spec.name, storage=study._storage).user_attrs.get(
-            PARENT_ATTR
-        )
+        again = optuna.load_study(study_name=spec.name, storage=study_storage(study))
+        run_id = again.user_attrs.get(PARENT_ATTR)
     parent = StudyRun(
         spec.name,
         run_id,
@@ -586,7 +586,7 @@ def _run_trials(study, spec, objective, options, total, timeout, echo, warn, han
                     f"(last: {objective.last_failure}); fix the cause and rerun to resume"
                 )
                 break
-            if getattr(study, "_stop_flag", False):  # GridSampler: grid exhausted
+            if grid_exhausted(study):
                 break
 
 

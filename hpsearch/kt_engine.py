@@ -498,7 +498,9 @@ def _reap_lost_trials(study: optuna.Study) -> None:
         run_id = trial.user_attrs.get("mlflow_run_id")
         if run_id:
             close_lost_run(run_id)
-        study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", "worker_lost")
+        from hpsearch.optuna_compat import study_storage, trial_id
+
+        study_storage(study).set_trial_user_attr(trial_id(trial), "fail_reason", "worker_lost")
         study.tell(trial.number, state=TrialState.FAIL)
 
 
