@@ -129,6 +129,9 @@ def make_storage(url: str, options: WorkerOptions) -> optuna.storages.BaseStorag
         raise HpsearchError(f"storage {hide_password(url)}: {hide_password(message)}") from None
     if storage.engine.dialect.name == "sqlite":
         _write_ahead_log(storage.engine)
+    # Optuna's schema checks left idle connections in the pool; a worker needs two (its
+    # trials and its heartbeat), and a PostgreSQL server has about 100 for every worker
+    storage.engine.dispose()
     return storage
 
 
@@ -157,8 +160,7 @@ def _write_ahead_log(engine) -> None:
         finally:
             cursor.close()
 
-    event.listen(engine, "connect", pragmas)
-    engine.dispose()  # the connections Optuna opened to create its tables take them too
+    event.listen(engine, "connect", pragmas)  # the caller disposes of the connections open now
 
 
 class StaleTrialHandler:

@@ -477,14 +477,19 @@ def check_engine(spec: StudyFile, storage: str) -> None:
     check_storage(storage)
     if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).exists():
         return  # a new storage: nothing ran there yet (and nothing is written here)
+    store = None
     try:
-        if spec.name not in optuna.get_all_study_names(storage):
+        store = optuna.storages.RDBStorage(storage)
+        if spec.name not in optuna.get_all_study_names(store):
             return
-        engine = optuna.load_study(study_name=spec.name, storage=storage).user_attrs.get(
+        engine = optuna.load_study(study_name=spec.name, storage=store).user_attrs.get(
             ENGINE_ATTR, "optuna"
         )
     except Exception:  # noqa: BLE001 - a bad storage is reported by whoever opens it next
         return
+    finally:
+        if store is not None:
+            store.engine.dispose()
     if engine != spec.engine:
         raise HpsearchError(
             f"study {spec.name!r} in {hide_password(storage)} was run by the {engine} engine, "

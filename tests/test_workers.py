@@ -59,7 +59,9 @@ def test_four_workers_share_one_study_on_postgresql(postgres_url, mlflow_server,
     assert done.returncode == 0, done.stderr[-3000:]
     print(f"4 workers, 12 trials: {seconds:.1f} s")
 
-    trials = optuna.load_study(study_name="fleet", storage=postgres_url).trials
+    storage = optuna.storages.RDBStorage(postgres_url)
+    trials = optuna.load_study(study_name="fleet", storage=storage).trials
+    storage.engine.dispose()
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(complete) == 12 and len(trials) == 12
     numbers = [t.number for t in trials]
@@ -95,6 +97,8 @@ def test_kill_9_of_a_worker_fails_its_trial_which_is_retried(postgres_url, mlflo
         """)  # fmt: skip
     args = cli("worker", str(study), "--storage", postgres_url, "--tracking-uri", mlflow_server,
                "--heartbeat", "1", "--grace", "4", "--quiet")  # fmt: skip
+    # one engine for all the polling below: a storage per poll would hold a connection each
+    storage = optuna.storages.RDBStorage(postgres_url)
     victim = subprocess.Popen(args, cwd=tmp_path, env=env(), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.monotonic() + 120
@@ -102,13 +106,21 @@ def test_kill_9_of_a_worker_fails_its_trial_which_is_retried(postgres_url, mlflo
     while time.monotonic() < deadline and not running:
         time.sleep(0.5)
         try:
-            study_now = optuna.load_study(study_name="crash", storage=postgres_url)
+            study_now = optuna.load_study(study_name="crash", storage=storage)
         except KeyError:
             continue
         running = [t for t in study_now.get_trials(states=(TrialState.RUNNING,))
                    if "mlflow_run_id" in t.user_attrs]  # fmt: skip
     assert running, "the first worker never started a trial"
     time.sleep(2)  # a couple of epochs into the trial
+    # a training worker holds two connections: its trials' and its heartbeat's
+    storage.engine.dispose()
+    with storage.engine.connect() as connection:
+        queries = connection.exec_driver_sql(
+            "SELECT query FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).scalars().all()
+    assert len(queries) <= 2, f"a worker keeps idle connections (PostgreSQL has ~100): {queries}"
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     killed_at = time.monotonic()
@@ -119,7 +131,7 @@ def test_kill_9_of_a_worker_fails_its_trial_which_is_retried(postgres_url, mlflo
     failed_after = None
     while failed_after is None and time.monotonic() < killed_at + 120:
         time.sleep(0.5)
-        state = optuna.load_study(study_name="crash", storage=postgres_url).trials[lost.number]
+        state = optuna.load_study(study_name="crash", storage=storage).trials[lost.number]
         if state.state == TrialState.FAIL:
             failed_after = time.monotonic() - killed_at
     output = survivor.communicate(timeout=600)[0]
@@ -127,7 +139,8 @@ def test_kill_9_of_a_worker_fails_its_trial_which_is_retried(postgres_url, mlflo
     print(f"kill -9 to FAIL: {failed_after:.1f} s (grace 4 s, survivor start-up included)")
     assert failed_after is not None
 
-    trials = optuna.load_study(study_name="crash", storage=postgres_url).trials
+    trials = optuna.load_study(study_name="crash", storage=storage).trials
+    storage.engine.dispose()
     retried = [t for t in trials if t.system_attrs.get("failed_trial") == lost.number]
     assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE
     assert retried[0].params == lost.params
