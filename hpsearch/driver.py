@@ -26,6 +26,7 @@ import keras
 import optuna
 from optuna.trial import TrialState
 
+from hpsearch import failpoints
 from hpsearch.config import make_config
 from hpsearch.drawing import DrawingProcess
 from hpsearch.errors import HpsearchError, failure_reason
@@ -40,6 +41,7 @@ from hpsearch.summary import completed, write_summary
 from hpsearch.tracking import (
     StudyRun,
     TrialRun,
+    ValidationData,
     close_lost_run,
     close_orphaned_run,
     close_unclosed_runs,
@@ -122,17 +124,31 @@ def make_storage(url: str, options: WorkerOptions) -> optuna.storages.BaseStorag
             "grace_period": options.grace or 4 * options.heartbeat,
             "heartbeat_stale_trial_callback": StaleTrialHandler(options.max_retry),
         }
-    try:
-        storage = optuna.storages.RDBStorage(url, **kwargs)
-    except Exception as error:  # bad URL, unreachable database, missing driver
-        message = str(error).splitlines()[0]
-        raise HpsearchError(f"storage {hide_password(url)}: {hide_password(message)}") from None
+    for attempt in range(3):
+        try:
+            storage = optuna.storages.RDBStorage(url, **kwargs)
+            break
+        except Exception as error:  # bad URL, unreachable database, missing driver
+            message = str(error).splitlines()[0]
+            if attempt < 2 and _lost_schema_race(message):
+                time.sleep(1.0 + attempt)  # the other worker's tables are there now
+                continue
+            raise HpsearchError(f"storage {hide_password(url)}: {hide_password(message)}") from None
     if storage.engine.dialect.name == "sqlite":
         _write_ahead_log(storage.engine)
     # Optuna's schema checks left idle connections in the pool; a worker needs two (its
     # trials and its heartbeat), and a PostgreSQL server has about 100 for every worker
     storage.engine.dispose()
     return storage
+
+
+def _lost_schema_race(message: str) -> bool:
+    """Two workers started at once on a new storage both created Optuna's tables."""
+    return any(sign in message for sign in (
+        "UNIQUE constraint failed: alembic_version",  # SQLite
+        "alembic_version_pkc",  # PostgreSQL: duplicate key
+        "already exists",
+    ))  # fmt: skip
 
 
 def _write_ahead_log(engine) -> None:
@@ -354,6 +370,7 @@ class _Objective:
 
     def __init__(self, spec, splits, fingerprint, parent, verbose, extra_callbacks) -> None:
         self.spec, self.splits, self.fingerprint = spec, splits, fingerprint
+        self.validation = ValidationData.of(splits, fingerprint)  # remakes dead workers' figures
         self.parent, self.verbose, self.extra_callbacks = parent, verbose, extra_callbacks
         self.uploader = Uploader()  # artifacts go up while the next trial trains
         self.drawer = DrawingProcess()  # and their figures are drawn in another process
@@ -361,6 +378,7 @@ class _Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         self.last_failure: str | None = None
+        self.last_number = trial.number
         try:
             return self._run(trial)
         except optuna.TrialPruned:
@@ -400,6 +418,9 @@ class _Objective:
 
                 monitor = EPOCH_METRIC[self.spec.objective.metric]
                 callbacks.append(EpochPruningCallback(trial, monitor))
+            if failpoints.enabled():
+                callbacks.append(failpoints.EpochFailpoints(config.epochs))
+            failpoints.reached("building")
             try:
                 result = tracked_trial(
                     config, self.spec.data, self.splits, run, self.fingerprint,
@@ -488,10 +509,10 @@ def run_search(
         objective.uploader.go()  # the last uploads run while the summary is drawn
         status = "KILLED" if interrupted else "FINISHED"
         try:
-            uploads = lambda: _finish_uploads(objective.uploader, warn)  # noqa: E731
+            uploads = lambda: _finish_uploads(objective, warn)  # noqa: E731
             finish_parent(study, parent, status, before_logging=uploads, handler=handler)
         finally:
-            _finish_uploads(objective.uploader, warn)  # at once when done already
+            _finish_uploads(objective, warn)  # at once when done already
             objective.drawer.close()
             if interrupted:
                 _mend_interrupted_run(study, objective.last_run)
@@ -503,9 +524,11 @@ def _mend_interrupted_run(study: optuna.Study, last_run: tuple[int, str] | None)
     """Ctrl-C after a trial's run was closed as completed but before Optuna recorded it.
 
     Optuna then records the trial as failed (reason ``interrupted``); its run is
-    marked the same way, so the two stores agree. A trial left RUNNING because
-    Optuna's own write was cut short is failed and retried through its stopped
-    heartbeat, which also closes its run.
+    marked the same way, so the two stores agree, and its configuration is queued
+    to run again first: an interruption says nothing of the configuration, and
+    Optuna's grid counts a failed point as visited, so a rerun would skip it. A
+    trial left RUNNING because Optuna's own write was cut short is failed and
+    retried through its stopped heartbeat, which also closes its run.
     """
     if last_run is None:
         return
@@ -513,18 +536,33 @@ def _mend_interrupted_run(study: optuna.Study, last_run: tuple[int, str] | None)
     trial = next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
     if trial is not None and trial.state == TrialState.FAIL:
         mark_run_interrupted(run_id)
+        if trial.user_attrs.get("fail_reason") == "interrupted":
+            run_again(study, trial, max_retry=None)
+
+
+def run_again(study: optuna.Study, trial: optuna.trial.FrozenTrial, max_retry: int | None) -> None:
+    """Queue a failed trial's configuration (a WAITING trial; at most ``max_retry`` times).
+
+    For failures that say nothing of the configuration (interrupted, tracking
+    server lost): Optuna's grid counts a failed point as visited.
+    """
+    retry = copy.copy(trial)  # the retry copies the user attributes, not the failure's
+    retry.user_attrs = {k: v for k, v in trial.user_attrs.items() if k != "fail_reason"}
+    optuna.storages.RetryFailedTrialCallback(max_retry=max_retry)(study, retry)
 
 
 UPLOAD_WAIT_S = 300.0
 
 
-def _finish_uploads(uploader: Uploader, echo: Callable[[str], None]) -> None:
-    """Wait for the last trials' artifacts and run closings, then retry what failed."""
+def _finish_uploads(objective: _Objective, echo: Callable[[str], None]) -> None:
+    """Wait for the last trials' artifacts and run closings, then retry what failed
+    (and finish what dead workers left in the spool)."""
+    uploader = objective.uploader
     if not uploader.drain(2.0):  # say so only when it takes a while
         echo(f"waiting for {uploader.pending()} background upload(s) to finish")
         if not uploader.drain(UPLOAD_WAIT_S):
             echo(f"background uploads still running after {UPLOAD_WAIT_S:g}s; leaving them")
-    close_unclosed_runs()
+    close_unclosed_runs(objective.validation)
 
 
 def study_total(spec: StudyFile, n_trials: int | None) -> int | None:
@@ -575,10 +613,14 @@ def _run_trials(study, spec, objective, options, total, timeout, echo, warn, han
                 time.sleep(min(WAIT_POLL_S, options.heartbeat))
                 continue
             waiting = False
-            close_unclosed_runs()
+            if ran:
+                failpoints.reached("between_trials")
+            close_unclosed_runs(objective.validation)
             study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[progress])
             ran += 1
             if objective.last_failure == "tracking_unreachable":
+                failed = study.get_trials(deepcopy=False)[objective.last_number]
+                run_again(study, failed, max_retry=options.max_retry)
                 wait_for_tracking(options.tracking_wait, warn)
                 continue
             failures_in_a_row = failures_in_a_row + 1 if objective.last_failure else 0
@@ -589,7 +631,27 @@ def _run_trials(study, spec, objective, options, total, timeout, echo, warn, han
                 )
                 break
             if grid_exhausted(study):
+                _warn_grid_points_lost(study, spec, warn)
                 break
+
+
+def _warn_grid_points_lost(study: optuna.Study, spec: StudyFile, warn: Callable) -> None:
+    """Optuna's grid counts a failed point as visited: name each point that never completed."""
+    trials = study.get_trials(deepcopy=False)
+    ran = {_key(t.params) for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)}
+    given_up: dict[tuple, optuna.trial.FrozenTrial] = {}
+    for trial in trials:
+        if trial.state == TrialState.FAIL and _key(trial.params) not in ran:
+            given_up[_key(trial.params)] = trial  # the last failure of that point
+    for trial in given_up.values():
+        reason = trial.user_attrs.get("fail_reason", "unknown")
+        warn(f"[{spec.name}] grid point {trial.params} did not complete: trial {trial.number} "
+             f"failed ({reason}); the grid does not run a failed point again"
+             + (" (raise --max-retry for lost workers)" if reason == "worker_lost" else ""))
+
+
+def _key(params: dict) -> tuple:
+    return tuple(sorted((k, repr(v)) for k, v in params.items()))
 
 
 def _done_and_running(study: optuna.Study) -> tuple[int, int]:

@@ -54,6 +54,7 @@ from typing import TYPE_CHECKING
 import keras
 import numpy as np
 
+from hpsearch import failpoints
 from hpsearch.connections import tracking_reachable
 from hpsearch.errors import HpsearchError
 from hpsearch.redact import hide_password
@@ -258,7 +259,9 @@ class TrialRun:
     def epoch_logger(self) -> EpochLogger:
         return EpochLogger(self.client, self.run_id)
 
-    def log_result(self, result: TrialResult, config: TrialConfig, splits: Splits) -> None:
+    def log_result(
+        self, result: TrialResult, config: TrialConfig, splits: Splits, fingerprint: str = ""
+    ) -> None:
         """Final metrics and the artifacts: curves, confusion matrix, summary, config, model.
 
         The model and config are first kept in the upload spool (see the module
@@ -273,7 +276,7 @@ class TrialRun:
         self._later(f"metrics of run {self.run_id}", _log_batch, self.client, self.run_id,
                     {"metrics": metrics})  # fmt: skip
         artifacts = _TrialArtifacts.of(result, config, splits)
-        folder = _spool(self.run_id, artifacts, final)
+        folder = _spool(self.run_id, artifacts, final, ValidationData.of(splits, fingerprint).key())
         self._later(f"artifacts of run {self.run_id}", _send_artifacts, self.client,
                     self.run_id, folder, artifacts, self.drawer)  # fmt: skip
 
@@ -313,6 +316,7 @@ def _send_artifacts(
     """
     try:
         artifacts.write(folder, drawer)
+        failpoints.reached("uploading")
         client.log_artifacts(run_id, str(folder))
     except Exception:
         _UNSENT[run_id] = folder  # sent again by close_unclosed_runs
@@ -334,16 +338,16 @@ def _close(client: MlflowClient, run_id: str, status: str, tags: Mapping[str, st
     _spool_step_done(run_id, "close")
 
 
-def close_unclosed_runs() -> int:
+def close_unclosed_runs(validation: ValidationData | None = None) -> int:
     """Close the runs whose closing failed earlier; returns how many are still open.
 
     Also finishes what dead workers left in the upload spool
-    (:func:`finish_spooled_uploads`).
+    (:func:`finish_spooled_uploads`; ``validation`` as there).
     """
     from mlflow import MlflowClient
 
     _refresh_spooled(force=True)
-    finish_spooled_uploads()
+    finish_spooled_uploads(validation)
     if _UNSENT or _UNCLOSED or _UNLOGGED:
         client = MlflowClient()
         for run_id, batches in list(_UNLOGGED.items()):
@@ -470,7 +474,9 @@ def _age(path: Path) -> float:
         return 0.0
 
 
-def _spool(run_id: str, artifacts: _TrialArtifacts, metrics: Mapping[str, float]) -> Path:
+def _spool(
+    run_id: str, artifacts: _TrialArtifacts, metrics: Mapping[str, float], data: str
+) -> Path:
     """Keep a completed trial's model and config in the spool; the folder for the rest."""
     import mlflow
 
@@ -496,6 +502,8 @@ def _spool(run_id: str, artifacts: _TrialArtifacts, metrics: Mapping[str, float]
                 "artifacts": list(TRIAL_ARTIFACTS),
                 "metrics": dict(metrics),
                 "history": {k: [float(v) for v in vs] for k, vs in artifacts.history.items()},
+                "best_epoch": artifacts.best_epoch,
+                "data": data,  # which validation split the figures need (ValidationData.key)
             }
             _write_manifest(folder, manifest)  # last: an entry without one is not complete
         except BaseException:
@@ -561,13 +569,15 @@ def _refresh_spooled(force: bool = False) -> None:
             pass
 
 
-def finish_spooled_uploads() -> int:
+def finish_spooled_uploads(validation: ValidationData | None = None) -> int:
     """Upload and close what dead workers left in the spool; how many runs were finished.
 
     Takes over the entries of the current tracking URI whose owner is gone (its
     lock is free; another host's entry must also be untouched for
     ``OTHER_HOST_STALE_S``): uploads the artifacts (the training curves drawn
-    again from the kept history), logs the final metrics the run lacks, sets the
+    again from the kept history; the confusion matrix and model summary made
+    again from the kept model when ``validation`` is the split it was trained
+    with, as in a rerun of the same study), logs the final metrics the run lacks, sets the
     outcome tag the manifest names, removes ``hpsearch.artifacts_incomplete``
     (or sets it to the files that could not be made again), closes the run if it
     is still RUNNING, and removes the entry. A run that was closed as failed
@@ -608,7 +618,7 @@ def finish_spooled_uploads() -> int:
                 from mlflow import MlflowClient
 
                 client = MlflowClient()
-            finished += _finish_entry(client, folder, manifest)
+            finished += _finish_entry(client, folder, manifest, validation)
         except Exception as error:  # noqa: BLE001 - server away, say: try again next time
             first = (hide_password(str(error)).splitlines() or [type(error).__name__])[0]
             log.warning("upload spool: run %s not finished yet: %s", folder.name, first)
@@ -617,7 +627,9 @@ def finish_spooled_uploads() -> int:
     return finished
 
 
-def _finish_entry(client: MlflowClient, folder: Path, manifest: dict) -> int:
+def _finish_entry(
+    client: MlflowClient, folder: Path, manifest: dict, validation: ValidationData | None
+) -> int:
     """Upload, log and close one dead worker's spool entry, then remove it; 1 if finished."""
     from mlflow.entities import Metric, RunTag
     from mlflow.exceptions import MlflowException
@@ -639,6 +651,8 @@ def _finish_entry(client: MlflowClient, folder: Path, manifest: dict) -> int:
             from hpsearch.plots import save_training_curves
 
             save_training_curves(manifest["history"], curves)
+        if validation is not None and manifest.get("data") == validation.key():
+            _remake_from_model(artifacts, validation, int(manifest.get("best_epoch", 0)))
         now = int(time.time() * 1000)
         metrics = [
             Metric(k, float(v), now, 0)
@@ -802,6 +816,46 @@ def link_project_run(study_run_id: str) -> None:
         from mlflow import MlflowClient
 
         MlflowClient().set_tag(project_run, "hpsearch.study_parent_run_id", study_run_id)
+
+
+@dataclass(frozen=True)
+class ValidationData:
+    """The validation split a trial's confusion matrix is drawn from, and what names it."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+    fingerprint: str  # the dataset's (hpsearch.data_fingerprint)
+
+    @classmethod
+    def of(cls, splits: Splits, fingerprint: str) -> ValidationData:
+        return cls(splits.x_val, splits.y_val, tuple(splits.class_names), fingerprint)
+
+    def key(self) -> str:
+        """The dataset and this split of it (the same limit, seed and size give the same key)."""
+        import hashlib
+
+        labels = hashlib.sha1(np.ascontiguousarray(self.labels).tobytes()).hexdigest()[:16]
+        return f"{self.fingerprint}/{self.images.shape}/{labels}"
+
+
+def _remake_from_model(folder: Path, validation: ValidationData, best_epoch: int) -> None:
+    """The confusion matrix and model summary a dead worker had not written, from its model."""
+    from hpsearch.plots import save_confusion_matrix
+    from hpsearch.runner import predict
+
+    matrix, summary = folder / "confusion_matrix.png", folder / "model_summary.txt"
+    if matrix.exists() and summary.exists():
+        return
+    network = keras.saving.load_model(folder / "model.keras", compile=False)
+    if not matrix.exists():
+        predicted = np.argmax(predict(network, validation.images), axis=1)
+        save_confusion_matrix(validation.labels, predicted, validation.class_names, matrix,
+                              title=f"validation (best epoch {best_epoch})")  # fmt: skip
+    if not summary.exists():  # the inference network's: the augmentation layers are not kept
+        lines = io.StringIO()
+        network.summary(print_fn=lambda line, **_: lines.write(line + "\n"))
+        summary.write_text(lines.getvalue())
 
 
 @dataclass

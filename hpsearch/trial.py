@@ -43,5 +43,5 @@ def tracked_trial(
         callbacks.insert(0, run.epoch_logger())  # before a pruner ends the epoch
     result = run_trial(config, splits, callbacks, evaluate_test=evaluate_test, verbose=verbose)
     if run is not None:
-        run.log_result(result, config, splits)
+        run.log_result(result, config, splits, fingerprint)
     return result

@@ -144,7 +144,9 @@ def start_mlflow_server(root: Path, port: int) -> subprocess.Popen:
         "--artifacts-destination", str(root / "artifacts"),
     ]  # fmt: skip
     log = open(root / "server.log", "ab")  # noqa: SIM115 - closed with the process
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    # its own process group: a kill -9 (of the group) takes the server's web workers too
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True)  # fmt: skip
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -204,10 +206,13 @@ def own_mlflow_server(tmp_path: Path):
     def start() -> None:
         state["process"] = start_mlflow_server(root, port)
 
-    def stop() -> None:
+    def stop(how: signal.Signals = signal.SIGTERM) -> None:
         process = state["process"]
         if process is not None and process.poll() is None:
-            process.terminate()
+            if how == signal.SIGKILL:
+                os.killpg(process.pid, signal.SIGKILL)
+            else:
+                process.send_signal(how)
             try:
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
