@@ -53,6 +53,7 @@ from hpsearch.driver import (
     make_storage,
     trial_seed,
 )
+from hpsearch.engine_check import ENGINE_ATTR, check_engine  # noqa: F401 - kt_engine's API
 from hpsearch.errors import ConfigError, HpsearchError, failure_reason
 from hpsearch.progress import StudyProgress
 from hpsearch.redact import hide_password, redact_logs
@@ -68,7 +69,6 @@ from hpsearch.tracking import (
 from hpsearch.trial import load_splits, tracked_trial
 
 ENGINE = "keras_tuner"
-ENGINE_ATTR = "engine"
 TRIAL_ID_ATTR = "keras_tuner_trial_id"
 HYPERBAND_KEYS = ("tuner/epochs", "tuner/initial_epoch", "tuner/trial_id")
 WEIGHTS = "hpsearch-weights.npz"  # a trial's kept weights, for hyperband's next rounds
@@ -468,33 +468,6 @@ def open_mirror(spec: StudyFile, storage: str) -> tuple[optuna.Study, bool]:
         )
     study.set_user_attr(ENGINE_ATTR, ENGINE)
     return study, created or PARENT_ATTR not in study.user_attrs
-
-
-def check_engine(spec: StudyFile, storage: str) -> None:
-    """Refuse to run a study with the optuna engine where KerasTuner ran it (and vice versa)."""
-    from hpsearch.connections import check_storage
-
-    check_storage(storage)
-    if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).exists():
-        return  # a new storage: nothing ran there yet (and nothing is written here)
-    store = None
-    try:
-        store = optuna.storages.RDBStorage(storage)
-        if spec.name not in optuna.get_all_study_names(store):
-            return
-        engine = optuna.load_study(study_name=spec.name, storage=store).user_attrs.get(
-            ENGINE_ATTR, "optuna"
-        )
-    except Exception:  # noqa: BLE001 - a bad storage is reported by whoever opens it next
-        return
-    finally:
-        if store is not None:
-            store.engine.dispose()
-    if engine != spec.engine:
-        raise HpsearchError(
-            f"study {spec.name!r} in {hide_password(storage)} was run by the {engine} engine, "
-            f"not {spec.engine}: pass --engine {engine}, or give the study another name"
-        )
 
 
 def _reap_lost_trials(study: optuna.Study) -> None:

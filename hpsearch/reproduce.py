@@ -286,7 +286,7 @@ def run(
     storage: str,
     data_dir: str | None,
     output: Path,
-    workers: int = 1,
+    workers: int | str = 1,
     echo: Callable[[str], None] = print,
     verbose: int = 2,
     search: Callable[..., Any] | None = None,
@@ -307,7 +307,12 @@ def run(
     return write(planned, scale, storage, output, time.perf_counter() - started, echo)
 
 
-def _search(spec: StudyFile, path: Path, storage: str, workers: int, echo, verbose) -> None:
+def _search(spec: StudyFile, path: Path, storage: str, workers: int | str, echo,
+            verbose) -> None:  # fmt: skip
+    if workers == "auto":  # per study: their networks differ
+        from hpsearch.gpu_share import auto_workers
+
+        workers = auto_workers(spec, echo)
     if workers > 1:
         from hpsearch.workers import launch_workers
 

@@ -65,6 +65,7 @@ def seed_trial(seed: int) -> None:
     seen; over 80 trials of varied networks, memory grew as much with it
     emptied at every trial as without.
     """
+    leave_tensorflow_unloaded()
     with _tensorflow_kernels_kept():
         keras.utils.set_random_seed(seed)
 
@@ -93,6 +94,29 @@ def _tensorflow_kernels_kept():
         yield
     finally:
         del context._set_global_seed, context.clear_kernel_cache
+
+
+def leave_tensorflow_unloaded() -> None:
+    """On a backend other than TensorFlow, keep Keras from loading TensorFlow in this process.
+
+    Keras imports TensorFlow wherever it is installed to ask whether an object is one of its
+    types (when saving a model) and to seed it too (``keras.utils.set_random_seed``). On
+    JAX, nothing hpsearch runs uses it (no tf.data), and loading it would cost each worker
+    seconds, hundreds of MiB and, on a GPU, a claim on its memory. With TensorFlow not
+    loaded yet, Keras's lazy handle on it is told "not installed" for the rest of the
+    process (no object can be a TensorFlow type then); with it loaded, on the TensorFlow
+    backend, or with another Keras layout, nothing changes.
+    """
+    if keras.backend.backend() == "tensorflow" or "tensorflow" in sys.modules:
+        return
+    try:
+        from keras.src.utils import module_utils
+
+        lazy = module_utils.tensorflow
+    except (ImportError, AttributeError):
+        return
+    if getattr(lazy, "_available", False) is None:  # not asked yet
+        lazy._available = False
 
 
 def _tensorflow_context():

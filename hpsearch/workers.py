@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from hpsearch.errors import HpsearchError
+from hpsearch.gpu_share import worker_env
 from hpsearch.redact import hide_password
 from hpsearch.study import StudyFile
 
@@ -78,6 +79,7 @@ def launch_workers(
          f"trials; storage {hide_password(storage)}")  # fmt: skip
     env = {**os.environ, "HPSEARCH_STORAGE": storage,
            "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}  # fmt: skip
+    env.update(worker_env(len(plan)))  # one GPU shared: each worker takes its share
     processes = []
     for index, share in enumerate(plan):
         limit = ["--max-trials", str(share)] if share else []

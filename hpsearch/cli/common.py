@@ -39,6 +39,30 @@ def stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
+class WorkerCount(click.ParamType):
+    """``--workers``: a number of worker processes (1 or more), or ``auto``."""
+
+    name = "N|auto"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or value == "auto":
+            return value
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            number = 0
+        if number < 1:
+            self.fail(f"{value!r}: expected a whole number of at least 1, or 'auto'", param, ctx)
+        return number
+
+
+WORKERS_HELP = (
+    "Run it in N local worker processes (several on one GPU each take their share of its "
+    "memory); 'auto': as many as the GPU's memory holds for the study's network (1 without "
+    "a GPU)."
+)
+
+
 def storage_option(function):
     return click.option(
         "--storage",

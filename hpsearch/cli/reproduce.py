@@ -6,7 +6,15 @@ import sys
 
 import click
 
-from hpsearch.cli.common import fail, stop_on_sigterm, storage_for, storage_option, tracking_option
+from hpsearch.cli.common import (
+    WORKERS_HELP,
+    WorkerCount,
+    fail,
+    stop_on_sigterm,
+    storage_for,
+    storage_option,
+    tracking_option,
+)
 from hpsearch.errors import HpsearchError
 from hpsearch.reference import STUDY_ORDER
 
@@ -29,8 +37,8 @@ from hpsearch.reference import STUDY_ORDER
                    "proves the report's shape, reproduces nothing.")
 @click.option("--report-only", is_flag=True,
               help="Train nothing: write the report from the trials the storage holds.")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Run each study in N local worker processes.")
+@click.option("--workers", type=WorkerCount(), default=1, show_default=True,
+              help=WORKERS_HELP.replace("Run it", "Run each study", 1))
 @storage_option
 @tracking_option
 @click.option("--output", type=click.Path(file_okay=False), default="reports", show_default=True,

@@ -7,6 +7,8 @@ import sys
 import click
 
 from hpsearch.cli.common import (
+    WORKERS_HELP,
+    WorkerCount,
     fail,
     stop_on_sigterm,
     storage_for,
@@ -73,7 +75,7 @@ def _run(study_file, n_trials, timeout, storage, tracking_uri, data_dir, limit, 
             )
         url = storage_for(storage, tracking_uri)
         from hpsearch.driver import WorkerOptions, describe, run_search
-        from hpsearch.kt_engine import check_engine
+        from hpsearch.engine_check import check_engine
 
         check_engine(spec, url)
         options = WorkerOptions(heartbeat, grace, max_retry, max_trials)
@@ -104,14 +106,22 @@ def _run(study_file, n_trials, timeout, storage, tracking_uri, data_dir, limit, 
 
 @click.command()
 @study_options
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Run the study in N local worker processes.")  # fmt: skip
+@click.option("--workers", type=WorkerCount(), default=1, show_default=True,
+              help=WORKERS_HELP)  # fmt: skip
 @click.option("--engine", type=click.Choice(ENGINES), default=None,
               help="Who proposes trials: Optuna's samplers or KerasTuner's tuners "
                    "(overrides the study file's engine).")  # fmt: skip
 def search(study_file, n_trials, timeout, storage, tracking_uri, data_dir, limit, overrides,
            heartbeat, grace, max_retry, quiet, workers, engine) -> None:  # fmt: skip
     """Run or resume the study a study file describes (Optuna or KerasTuner), tracked in MLflow."""
+    if workers == "auto":
+        try:
+            spec = _load(study_file, overrides, data_dir, limit, engine)
+        except HpsearchError as error:
+            fail(error)
+        from hpsearch.gpu_share import auto_workers
+
+        workers = 1 if spec.engine == "keras_tuner" else auto_workers(spec, click.echo)
     if workers == 1:
         _run(study_file, n_trials, timeout, storage, tracking_uri, data_dir, limit, overrides,
              heartbeat, grace, max_retry, quiet, engine=engine)  # fmt: skip
