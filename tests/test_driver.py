@@ -159,9 +159,13 @@ def test_ctrl_c_after_the_run_closed_but_before_optuna_recorded_the_trial(stores
     storage, client = stores
     spec = parse_study(tiny_study("ctrl-c", n_trials=3), "ctrl-c.yaml")
     assert run_search(spec, storage, echo=lambda _: None, verbose=0).interrupted
-    (trial,) = optuna.load_study(study_name="ctrl-c", storage=storage).trials
+    trial, again = optuna.load_study(study_name="ctrl-c", storage=storage).trials
     assert trial.state == TrialState.FAIL
     assert trial.user_attrs["fail_reason"] == "interrupted"
+    # its configuration is queued to run first on the next run, without the failure's reason
+    assert again.state == TrialState.WAITING and again.params == trial.params
+    assert again.system_attrs["failed_trial"] == trial.number
+    assert "fail_reason" not in again.user_attrs
     run = client.get_run(trial.user_attrs["mlflow_run_id"])  # says the same as Optuna
     assert run.info.status == "KILLED"
     assert run.data.tags["hpsearch.outcome"] == "failed"
