@@ -59,24 +59,33 @@ class Combination:
     epochs: int | None = None  # known when one trial supplied the whole config
 
 
-def load_study(name: str, storage: str) -> optuna.Study:
+def load_study(name: str | None, storage: str) -> optuna.Study:
     """The Optuna study ``name``, or a clear error listing what the storage holds.
 
-    A SQLite file that does not exist is reported as such, not created.
+    Without a name, the storage's only study. A SQLite file that does not exist is
+    reported as such, not created.
     """
     if storage.startswith("sqlite:///"):
         path = Path(storage.removeprefix("sqlite:///").split("?", 1)[0])
         if str(path) != ":memory:" and not path.exists():
             raise HpsearchError(
-                f"no study named {name!r}: the storage file {path.resolve()} does not exist; "
+                f"no study{f' named {name!r}' if name else ''}: the storage file "
+                f"{path.resolve()} does not exist; "
                 "run `hpsearch search STUDY.yaml` first, or pass --storage"
             )
     try:
         names = optuna.get_all_study_names(storage)
     except Exception as error:  # bad URL, unreachable database
         raise HpsearchError(f"storage {hide_password(storage)}: {error}") from None
+    known = ", ".join(sorted(names)) or "none"
+    if name is None:
+        if len(names) != 1:
+            raise HpsearchError(
+                f"name the study (a study file or a name): {hide_password(storage)} holds "
+                f"{len(names)} studies ({known})"
+            )
+        name = names[0]
     if name not in names:
-        known = ", ".join(sorted(names)) or "none"
         raise HpsearchError(
             f"no study named {name!r} in {hide_password(storage)} (studies there: {known}); "
             "run `hpsearch search STUDY.yaml` first, or pass --storage"

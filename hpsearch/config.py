@@ -226,8 +226,8 @@ class TrialConfig(BaseModel):
 
     def to_yaml(self) -> str:
         data = self.model_dump(mode="json")
-        data["dropout"] = list(self.dropout)
-        data["augmentation"] = list(self.augmentation)
+        data["dropout"] = list(self.dropout) or "none"  # as a study file writes it
+        data["augmentation"] = list(self.augmentation) or "none"
         return yaml.safe_dump(data, sort_keys=False)
 
 

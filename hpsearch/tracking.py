@@ -36,6 +36,7 @@ entries are finished by their owner only.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -88,6 +89,27 @@ TRIAL_ARTIFACTS = (
 )
 SPOOL_ENV = "HPSEARCH_SPOOL_DIR"
 OTHER_HOST_STALE_S = 600.0  # another host's spool entry untouched this long is taken over
+
+
+@functools.cache
+def context_tags() -> dict[str, str]:
+    """MLflow's own run-context tags (user, source name and type, git commit), once a process.
+
+    The git commit is that of the folder hpsearch runs in when MLflow finds none for the
+    entry point (an installed ``hpsearch`` command is not in a repository).
+    """
+    from mlflow.tracking.context.registry import resolve_tags
+    from mlflow.utils.git_utils import get_git_branch, get_git_commit
+
+    tags = dict(resolve_tags({}))
+    if "mlflow.source.git.commit" not in tags:
+        commit = get_git_commit(os.getcwd())
+        if commit:
+            tags["mlflow.source.git.commit"] = commit
+            branch = get_git_branch(os.getcwd())
+            if branch:
+                tags["mlflow.source.git.branch"] = branch
+    return tags
 
 
 def set_tracking_uri(uri: str | None) -> str:
@@ -169,6 +191,7 @@ class TrialRun:
             exp_id = _EXPERIMENT_OF_RUN[parent_run_id]
         else:
             exp_id = experiment_id(self.client, experiment)
+        tags = {**context_tags(), **tags}
         run = self.client.create_run(exp_id, run_name=run_name, tags=tags)
         self.run_id: str = run.info.run_id
         self.ended = False
@@ -205,7 +228,9 @@ class TrialRun:
         if detail:
             tags["hpsearch.failure_detail"] = hide_password(detail[:4000])
         status = status or ("FAILED" if outcome == "failed" else "FINISHED")
-        self._later(f"close run {self.run_id}", _close, self.client, self.run_id, status, tags)
+        ended = int(time.time() * 1000)  # the trial's end, not its background uploads'
+        self._later(f"close run {self.run_id}", _close, self.client, self.run_id, status, tags,
+                    ended)  # fmt: skip
 
     def _later(self, what: str, job, *args) -> None:
         """Run ``job(*args)`` on the uploader's thread when there is one, else now."""
@@ -281,7 +306,7 @@ class TrialRun:
                     self.run_id, folder, artifacts, self.drawer)  # fmt: skip
 
 
-_UNCLOSED: dict[str, tuple[str, dict[str, str]]] = {}  # run id -> (status, tags)
+_UNCLOSED: dict[str, tuple[str, dict[str, str], int | None]] = {}  # id -> (status, tags, end)
 _UNSENT: dict[str, Path] = {}  # run id -> folder of artifacts whose upload failed
 _UNLOGGED: dict[str, list[dict]] = {}  # run id -> log_batch arguments whose call failed
 _EXPERIMENT_OF_RUN: dict[str, str] = {}  # parent run id -> its experiment id
@@ -324,16 +349,22 @@ def _send_artifacts(
     _spool_step_done(run_id, "upload")
 
 
-def _close(client: MlflowClient, run_id: str, status: str, tags: Mapping[str, str]) -> None:
+def _close(
+    client: MlflowClient,
+    run_id: str,
+    status: str,
+    tags: Mapping[str, str],
+    end_time: int | None = None,
+) -> None:
     from mlflow.entities import RunTag
 
     try:
         if tags:
             client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
-        client.set_terminated(run_id, status)
+        client.set_terminated(run_id, status, end_time=end_time)
         _UNCLOSED.pop(run_id, None)
     except Exception:  # noqa: BLE001 - the server is away: close it when it is back
-        _UNCLOSED[run_id] = (status, dict(tags))
+        _UNCLOSED[run_id] = (status, dict(tags), end_time)
         return
     _spool_step_done(run_id, "close")
 
@@ -365,8 +396,8 @@ def close_unclosed_runs(validation: ValidationData | None = None) -> int:
                 continue
             _UNSENT.pop(run_id, None)
             _spool_step_done(run_id, "upload")
-        for run_id, (status, tags) in list(_UNCLOSED.items()):
-            _close(client, run_id, status, tags)
+        for run_id, (status, tags, end_time) in list(_UNCLOSED.items()):
+            _close(client, run_id, status, tags, end_time)
     return len(_UNCLOSED)
 
 
@@ -782,7 +813,8 @@ class StudyRun:
                 run_id = None  # recorded on another tracking server: start a new parent
         if not run_id:
             exp_id = experiment_id(self.client, experiment)
-            run = self.client.create_run(exp_id, run_name=experiment, tags=dict(tags))
+            run = self.client.create_run(exp_id, run_name=experiment,
+                                         tags={**context_tags(), **tags})  # fmt: skip
             self.client.log_batch(
                 run.info.run_id,
                 params=[Param(k, str(v)) for k, v in params.items()],

@@ -124,10 +124,13 @@ def test_search_combine_export_register_and_predict(mlflow_server, tmp_path):
     searched = hpsearch("search", str(study), *storage, "-q", cwd=tmp_path)
     assert searched.returncode == 0, searched.stderr[-2000:]
 
-    shown = hpsearch("best", "--study", "tiny", *storage, "--export", "best.keras", cwd=tmp_path)
+    shown = hpsearch("best", str(study), *storage, "--export", "best.keras", cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr[-2000:]
     assert re.search(r"best trial \d, value 0\.\d+, MLflow run [0-9a-f]{32}", shown.stdout)
     assert (tmp_path / "best.keras").stat().st_size > 0
+    alone = hpsearch("best", *storage, cwd=tmp_path)  # the storage's only study, by name too
+    assert alone.returncode == 0, alone.stderr[-2000:]
+    assert alone.stdout and shown.stdout.startswith(alone.stdout)  # then "exported ... to ..."
 
     final = tmp_path / "final.keras"
     combined = hpsearch("combine", str(study), *storage, "--export", str(final),
@@ -173,6 +176,8 @@ def test_search_combine_export_register_and_predict(mlflow_server, tmp_path):
     ("args", "fragment"),
     [
         (["best", "--study", "ghost"], "no study named 'ghost'"),
+        (["best", "ghost"], "no study named 'ghost'"),
+        (["best"], "no study: the storage file"),
         (["report", "ghost"], "no study named 'ghost'"),
     ],
 )

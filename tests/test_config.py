@@ -57,6 +57,10 @@ def test_config_yaml_round_trip(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(config.to_yaml())
     assert load_config(path) == config
+    default = make_config({})  # written as a study file writes it, and read back
+    assert "dropout: none\n" in default.to_yaml() and "augmentation: none\n" in default.to_yaml()
+    path.write_text(default.to_yaml())
+    assert load_config(path) == default
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,27 @@ from hpsearch.cli.reproduce import reproduce
 from hpsearch.cli.search import search, server, validate, worker
 from hpsearch.cli.train import show_config, train
 
+ENVIRONMENT = {
+    "HPSEARCH_STORAGE": "Optuna storage URL (as --storage)",
+    "MLFLOW_TRACKING_URI": "MLflow tracking URI (as --tracking-uri)",
+    "MLFLOW_BACKEND_STORE_URI": "the server's backend store (as server --backend-store-uri)",
+    "HPSEARCH_CIFAR10": "a local CIFAR-10 copy (folder or archive) used before downloading",
+    "HPSEARCH_CACHE_DIR": "decoded datasets (default ~/.cache/hpsearch)",
+    "HPSEARCH_SPOOL_DIR": "completed trials' artifacts until uploaded (local disk)",
+    "HPSEARCH_WORKER_INDEX": "this worker's number among the study's (as --worker-index)",
+    "HPSEARCH_TRACEBACKS": "1: print full tracebacks of failed trials and errors",
+    "HPSEARCH_FAILPOINT": "tests only: stop the process at a named point of a trial",
+    "KERAS_BACKEND": "tensorflow (default) or jax",
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+def _epilog() -> str:
+    width = max(map(len, ENVIRONMENT))
+    lines = [f"  {name.ljust(width)}  {what}" for name, what in ENVIRONMENT.items()]
+    return "\b\nEnvironment:\n" + "\n".join(lines)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=_epilog())
 @click.version_option(package_name="hpsearch")
 def main() -> None:
     """MLflow-tracked hyperparameter search for Keras image classifiers."""

@@ -9,7 +9,9 @@ from hpsearch.errors import HpsearchError
 
 
 @click.command()
-@click.option("--study", "study_name", required=True, help="Name of the Optuna study.")
+@click.argument("study", required=False)
+@click.option("--study", "study_option", default=None, metavar="NAME",
+              help="The study's name (the same as STUDY).")
 @storage_option
 @tracking_option
 @click.option(
@@ -37,7 +39,8 @@ from hpsearch.errors import HpsearchError
 )
 @click.option("-q", "--quiet", is_flag=True, help="No per-epoch progress.")
 def best(
-    study_name: str,
+    study: str | None,
+    study_option: str | None,
     storage: str | None,
     tracking_uri: str | None,
     export: str | None,
@@ -46,13 +49,18 @@ def best(
     model_name: str | None,
     quiet: bool,
 ) -> None:
-    """Show the best trial of a study; export or retrain its model."""
+    """Show the best trial of a study; export or retrain its model.
+
+    STUDY is a study file (studies/smoke.yaml) or a study name (smoke); without one, the
+    storage's only study.
+    """
     from pathlib import Path
 
     try:
         from hpsearch.chooser import Combination, best_trial, describe_best, finalize, load_study
 
-        winner = best_trial(load_study(study_name, storage_for(storage, tracking_uri)))
+        winner = best_trial(load_study(study_name(study or study_option),
+                                       storage_for(storage, tracking_uri)))  # fmt: skip
         click.echo(f"study {winner.study}: {describe_best(winner)}")
         click.echo(winner.config.to_yaml().rstrip())
         if retrain:
@@ -198,6 +206,15 @@ def combine(
     _say_final(outcome)
 
 
+def study_name(given: str | None) -> str | None:
+    """A study's name from a study file (``studies/dropout.yaml``) or as given (``dropout``)."""
+    if given is None or not given.endswith((".yaml", ".yml")):
+        return given
+    from hpsearch.study import load_study as load_study_file
+
+    return load_study_file(given).name
+
+
 @click.command()
 @click.argument("studies", nargs=-1, required=True)
 @storage_option
@@ -220,9 +237,8 @@ def report(
 
     try:
         from hpsearch.chooser import load_study
-        from hpsearch.study import load_study as load_study_file
 
-        names = [load_study_file(s).name if s.endswith((".yaml", ".yml")) else s for s in studies]
+        names = [study_name(s) for s in studies]
         url = storage_for(storage, tracking_uri)
         loaded = [load_study(name, url) for name in names]
         from hpsearch.report import write_report

@@ -1,0 +1,51 @@
+"""Trial runs read right in MLflow: their duration is the trial's (not its background
+uploads'), and they carry MLflow's own context tags (user, source, git commit)."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+from hpsearch.tracking import TrialRun, context_tags
+from hpsearch.uploads import Uploader
+
+
+def test_a_run_ends_when_its_trial_ends_not_when_its_uploads_do(stores):
+    _, client = stores
+    uploader = Uploader()
+    uploader.hold()  # as between trials: the uploads wait for the next trial's second epoch
+    with TrialRun("durations", "trial-000", uploader=uploader) as run:
+        started = client.get_run(run.run_id).info.start_time
+        time.sleep(0.3)  # the trial trains
+        uploader.submit("slow upload", lambda: time.sleep(2.0))
+        ended = int(time.time() * 1000)
+    time.sleep(0.5)
+    uploader.drain()
+    info = client.get_run(run.run_id).info
+    assert info.status == "FINISHED"
+    assert abs(info.end_time - ended) < 200, (info.end_time - ended)  # not 2.5 s later
+    assert info.end_time - started < 1500
+
+
+def test_trial_runs_carry_mlflows_context_tags_and_the_git_commit(stores, tmp_path, monkeypatch):
+    _, client = stores
+    repo = tmp_path / "project"
+    repo.mkdir()
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (repo / "study.yaml").write_text("name: x\n")
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "study"], check=True)
+    commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True,
+                            check=True).stdout.strip()  # fmt: skip
+    monkeypatch.chdir(repo)
+    context_tags.cache_clear()
+    try:
+        with TrialRun("context", "trial-000") as run:
+            pass
+    finally:
+        context_tags.cache_clear()
+    tags = client.get_run(run.run_id).data.tags
+    assert tags["mlflow.source.git.commit"] == commit
+    assert tags["mlflow.source.type"] == "LOCAL"
+    assert tags["mlflow.source.name"] and tags["mlflow.user"]
