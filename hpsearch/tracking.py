@@ -121,11 +121,19 @@ def set_tracking_uri(uri: str | None) -> str:
     return mlflow.get_tracking_uri()
 
 
+# MLflow 3's UI opens an experiment in the view its kind names; without the tag it guesses,
+# and an experiment of trial runs opened as a GenAI one (traces, no runs table)
+EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+
+
 def experiment_id(client: MlflowClient, name: str) -> str:
+    """The experiment ``name`` (created if missing), marked as a model-training experiment."""
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    return client.create_experiment(name)
+    if experiment is None:
+        return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: TRAINING_KIND})
+    if EXPERIMENT_KIND_TAG not in experiment.tags:  # made by an older hpsearch, or by hand
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
+    return experiment.experiment_id
 
 
 def where_to_look(exp_id: str, run_id: str | None = None) -> str:

@@ -49,3 +49,17 @@ def test_trial_runs_carry_mlflows_context_tags_and_the_git_commit(stores, tmp_pa
     assert tags["mlflow.source.git.commit"] == commit
     assert tags["mlflow.source.type"] == "LOCAL"
     assert tags["mlflow.source.name"] and tags["mlflow.user"]
+
+
+def test_experiments_open_in_mlflows_model_training_view(stores):
+    """MLflow 3's UI opens an experiment without a kind as a GenAI one (no runs table)."""
+    _, client = stores
+    with TrialRun("kind", "trial-000"):
+        pass
+    experiment = client.get_experiment_by_name("kind")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    legacy = client.create_experiment("made-before")  # by an older hpsearch, or by hand
+    with TrialRun("made-before", "trial-000"):
+        pass
+    tags = client.get_experiment(legacy).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
