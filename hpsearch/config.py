@@ -17,6 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from hpsearch.errors import ConfigError
 
 Architecture = Literal["baseline1", "baseline2", "resnet9"]
+#: the optimizers that take the config's ``momentum`` (hpsearch.optimizers builds them so)
+USES_MOMENTUM = frozenset({"sgd_momentum", "sgd_nesterov", "rmsprop_momentum"})
+NOT_APPLICABLE = "n/a"  # a logged param whose factor the trial does not use
+
 BatchNorm = Literal["none", "before", "after"]
 Activation = Literal["relu", "leaky_relu", "sigmoid", "tanh", "elu", "gelu", "swish"]
 Initializer = Literal[
@@ -211,11 +215,36 @@ class TrialConfig(BaseModel):
             return self.dropout * blocks
         return self.dropout
 
-    def to_params(self) -> dict[str, str]:
-        """Every factor as a flat string, as logged to MLflow (same names in every study)."""
+    def inapplicable(self) -> set[str]:
+        """The factors this config's other choices leave unused (momentum under Adam, say)."""
+        unused = set()
+        if self.optimizer not in USES_MOMENTUM:
+            unused.add("momentum")
+        if self.batch_norm == "none":
+            unused.add("batch_norm_momentum")
+        if not self.dropout:
+            unused.add("dropout_placement")
+        if self.weight_decay == "none":
+            unused.add("weight_decay_magnitude")
+        if self.optimizer_switch != "epoch":
+            unused.add("switch_epoch")
+        if self.optimizer_switch != "plateau":
+            unused.add("switch_patience")
+        if self.optimizer_switch == "none":
+            unused.add("switch_learning_rate")
+        if self.lr_schedule != "cosine":
+            unused.add("warmup_epochs")
+        return unused
+
+    def to_params(self, mark_unused: bool = True) -> dict[str, str]:
+        """Every factor as a flat string, as logged to MLflow (same names in every study);
+        ``n/a`` where the config's other choices leave it unused (unless not ``mark_unused``)."""
         params: dict[str, str] = {}
+        unused = self.inapplicable() if mark_unused else set()
         for key, value in self.model_dump().items():
-            if key == "dropout":
+            if key in unused:
+                value = NOT_APPLICABLE
+            elif key == "dropout":
                 value = "/".join(f"{r:g}" for r in value) if value else "none"
             elif key == "augmentation":
                 value = "+".join(value) if value else "none"

@@ -40,7 +40,7 @@ def param_text(key: str, value: object) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     try:
-        return TrialConfig.model_validate({key: value}).to_params()[key]
+        return TrialConfig.model_validate({key: value}).to_params(mark_unused=False)[key]
     except Exception:  # noqa: BLE001 - e.g. a dropout list that needs another architecture
         return str(value)
 

@@ -76,7 +76,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "sgd")
+# Keras's per-epoch log names -> the MLflow metric each is logged as; the learning rate
+# gets a name of its own, apart from the `learning_rate` param (None: the optimizer's default)
+EPOCH_METRICS = {"loss": "loss", "accuracy": "accuracy", "val_loss": "val_loss",
+                 "val_accuracy": "val_accuracy", "learning_rate": "epoch_learning_rate",
+                 "sgd": "sgd"}  # fmt: skip
 OUTCOME_TAG = "hpsearch.outcome"  # completed | pruned | failed
 REASON_TAG = "hpsearch.failure_reason"
 INCOMPLETE_TAG = "hpsearch.artifacts_incomplete"  # "true" (unknown) or the missing files
@@ -159,8 +163,8 @@ class EpochLogger(keras.callbacks.Callback):
 
         now = int(time.time() * 1000)
         metrics = [
-            Metric(name, float(logs[name]), now, epoch + 1)
-            for name in EPOCH_METRICS
+            Metric(logged, float(logs[name]), now, epoch + 1)
+            for name, logged in EPOCH_METRICS.items()
             if logs and name in logs
         ]
         if metrics:

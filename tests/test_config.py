@@ -52,6 +52,25 @@ def test_config_augmentation_combinations_parse_and_log_flat():
     assert all(isinstance(v, str) for v in params.values())
 
 
+def test_factors_a_trial_does_not_use_are_logged_as_not_applicable():
+    from hpsearch.config import USES_MOMENTUM
+    from hpsearch.optimizers import _OPTIMIZERS
+
+    assert USES_MOMENTUM == {n for n, (_, extra) in _OPTIMIZERS.items() if extra.get("momentum")}
+    adam = make_config({"optimizer": "adam"}).to_params()
+    assert adam["momentum"] == "n/a" and adam["weight_decay_magnitude"] == "n/a"
+    assert adam["batch_norm_momentum"] == "n/a" and adam["dropout_placement"] == "n/a"
+    assert adam["switch_epoch"] == adam["switch_learning_rate"] == adam["warmup_epochs"] == "n/a"
+    used = make_config({"optimizer": "sgd_momentum", "momentum": 0.8, "weight_decay": "l2",
+                        "batch_norm": "before", "dropout": 0.2, "lr_schedule": "cosine",
+                        "warmup_epochs": 2}).to_params()  # fmt: skip
+    assert used["momentum"] == "0.8" and used["weight_decay_magnitude"] == "0.0001"
+    assert used["batch_norm_momentum"] == "0.99" and used["dropout_placement"] == "block"
+    assert used["warmup_epochs"] == "2"
+    switch = make_config({"optimizer": "adam", "optimizer_switch": "epoch"}).to_params()
+    assert switch["switch_epoch"] == "10" and switch["switch_patience"] == "n/a"
+
+
 def test_config_yaml_round_trip(tmp_path):
     config = make_config({"dropout": [0.2, 0.5, 0.7], "augmentation": ["cutout"], "seed": 7})
     path = tmp_path / "c.yaml"

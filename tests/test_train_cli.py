@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 
 from hpsearch.config import DataSpec, TrialConfig
 
-EPOCH_METRICS = {"loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"}
+EPOCH_METRICS = {"loss", "accuracy", "val_loss", "val_accuracy", "epoch_learning_rate"}
 
 
 def hpsearch(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -62,8 +62,9 @@ def test_train_logs_per_epoch_metrics(trained):
         assert [m.step for m in sorted(history, key=lambda m: m.step)] == list(
             range(1, epochs + 1)
         ), name
-    rates = client.get_metric_history(run.info.run_id, "learning_rate")
-    assert all(m.value == pytest.approx(1e-3) for m in rates)
+    rates = client.get_metric_history(run.info.run_id, "epoch_learning_rate")
+    assert rates and all(m.value == pytest.approx(1e-3) for m in rates)
+    assert client.get_metric_history(run.info.run_id, "learning_rate") == []  # the param's name
 
 
 def test_train_logs_final_metrics_artifacts_and_outcome(trained):

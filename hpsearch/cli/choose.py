@@ -183,9 +183,11 @@ def combine(
         data = {k: v for k, v in (("data_dir", data_dir), ("limit", limit or None)) if v}
         if data:
             combination.data = combination.data.model_copy(update=data)
+        unused = combination.config.inapplicable()
         for key, source in combination.sources.items():
-            value = combination.config.to_params()[key]
-            click.echo(f"  {key} = {value}  (from {source})")
+            if key not in unused:  # momentum taken from a study, say, with Adam chosen
+                value = combination.config.to_params()[key]
+                click.echo(f"  {key} = {value}  (from {source})")
         verbose = 0 if quiet else 2
         final_epochs = (
             epochs
