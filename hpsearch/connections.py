@@ -15,6 +15,17 @@ from hpsearch.redact import hide_password
 TRACKING_SCHEMES = ("http", "https", "sqlite", "file", "postgresql", "mysql", "mssql", "databricks")
 
 
+def default_storage(tracking_uri: str) -> str:
+    """A SQLite file beside a local MLflow store (else in the working directory)."""
+    parts = urlsplit(tracking_uri)
+    if parts.scheme == "sqlite" and tracking_uri.startswith("sqlite:///"):
+        folder = Path(tracking_uri.removeprefix("sqlite:///")).parent
+        return f"sqlite:///{folder / 'optuna.db'}"
+    if parts.scheme in ("", "file"):
+        return f"sqlite:///{Path(parts.path).parent / 'optuna.db'}"
+    return "sqlite:///optuna.db"
+
+
 def check_storage(url: str) -> None:
     """Fail early on a malformed Optuna storage URL or an unreachable database."""
     from sqlalchemy import create_engine

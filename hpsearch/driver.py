@@ -20,7 +20,6 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import keras
 import optuna
@@ -28,6 +27,7 @@ from optuna.trial import TrialState
 
 from hpsearch import failpoints
 from hpsearch.config import make_config
+from hpsearch.connections import default_storage  # noqa: F401 - where callers found it
 from hpsearch.drawing import DrawingProcess
 from hpsearch.errors import HpsearchError, failure_reason
 from hpsearch.optuna_compat import grid_exhausted, stale_trial_ids, study_storage
@@ -70,17 +70,6 @@ class SearchOutcome:
     best_value: float | None
     best_run_id: str | None
     interrupted: bool = False
-
-
-def default_storage(tracking_uri: str) -> str:
-    """A SQLite file beside a local MLflow store (else in the working directory)."""
-    parts = urlsplit(tracking_uri)
-    if parts.scheme == "sqlite" and tracking_uri.startswith("sqlite:///"):
-        folder = Path(tracking_uri.removeprefix("sqlite:///")).parent
-        return f"sqlite:///{folder / 'optuna.db'}"
-    if parts.scheme in ("", "file"):
-        return f"sqlite:///{Path(parts.path).parent / 'optuna.db'}"
-    return "sqlite:///optuna.db"
 
 
 def trial_seed(study_seed: int, number: int) -> int:
@@ -223,6 +212,10 @@ def fail_lost_trials(
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if _worker_gone(trial.user_attrs):
             ids.add(storage.get_trial_id_from_study_id_trial_number(study_id, trial.number))
+    me = f"{socket.gethostname()}:{os.getpid()}"  # alive: its own trial is never lost
+    ids -= {storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+            for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if t.user_attrs.get("worker") == me}  # fmt: skip
     failed = []
     for trial_id in sorted(ids):
         try:
@@ -616,7 +609,15 @@ def _run_trials(study, spec, objective, options, total, timeout, echo, warn, han
             if ran:
                 failpoints.reached("between_trials")
             close_unclosed_runs(objective.validation)
-            study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[progress])
+            try:
+                study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=[progress])
+            except ValueError:  # "Cannot tell a FAIL trial": another worker failed it as lost
+                mine = study.get_trials(deepcopy=False)[objective.last_number]
+                if mine.state != TrialState.FAIL or mine.user_attrs.get("fail_reason") != LOST:
+                    raise
+                warn(f"[{spec.name}] trial {mine.number} was failed as lost while it ran "
+                     "(its heartbeat was late by more than --grace); its retry runs "
+                     "instead")  # fmt: skip
             ran += 1
             if objective.last_failure == "tracking_unreachable":
                 failed = study.get_trials(deepcopy=False)[objective.last_number]

@@ -112,7 +112,7 @@ def chain_of_faults(tmp_path, name: str, storage: str, tracking: str, faults) ->
     """
     study = study_file(tmp_path, name)
     args = command("worker", str(study), "--storage", storage, "--tracking-uri", tracking,
-                   "--heartbeat", "1", "--grace", "4", "--max-retry", "9", "--quiet")  # fmt: skip
+                   "--heartbeat", "1", "--grace", "10", "--max-retry", "9", "--quiet")  # fmt: skip
     for point, how in faults:
         started = time.monotonic()
         stopping = worker_env(tmp_path, **{ENV: point})
@@ -181,7 +181,7 @@ def test_a_worker_of_a_seeded_pair_killed_then_a_rerun(mlflow_server, tmp_path):
         """))  # fmt: skip
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     base = ["--storage", storage, "--tracking-uri", mlflow_server, "--heartbeat", "1",
-            "--grace", "4", "--quiet"]  # fmt: skip
+            "--grace", "10", "--quiet"]  # fmt: skip
     workers = [
         subprocess.Popen(command("worker", str(study), *base, "--worker-index", str(index)),
                          cwd=tmp_path, env=worker_env(tmp_path, **({ENV: "first_epoch"} if index

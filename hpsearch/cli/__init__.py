@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from hpsearch.cli.choose import best, combine, report
+from hpsearch.cli.common import VERBOSE_ENV
 from hpsearch.cli.reproduce import reproduce
 from hpsearch.cli.search import search, server, validate, worker
 from hpsearch.cli.train import show_config, train
@@ -19,6 +22,7 @@ ENVIRONMENT = {
     "HPSEARCH_WORKER_INDEX": "this worker's number among the study's (as --worker-index)",
     "HPSEARCH_TRACEBACKS": "1: print full tracebacks of failed trials and errors",
     "HPSEARCH_FAILPOINT": "tests only: stop the process at a named point of a trial",
+    "HPSEARCH_VERBOSE": "1: as --verbose",
     "KERAS_BACKEND": "tensorflow (default) or jax",
 }
 
@@ -31,8 +35,12 @@ def _epilog() -> str:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=_epilog())
 @click.version_option(package_name="hpsearch")
-def main() -> None:
+@click.option("-v", "--verbose", is_flag=True,
+              help="Also show TensorFlow's, absl's and CUDA's start-up lines.")
+def main(verbose: bool) -> None:
     """MLflow-tracked hyperparameter search for Keras image classifiers."""
+    if verbose:  # in the environment: the worker processes a search starts inherit it
+        os.environ[VERBOSE_ENV] = "1"
 
 
 for command in (search, worker, validate, reproduce, best, combine, report, train, show_config,

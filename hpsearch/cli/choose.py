@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import click
 
-from hpsearch.cli.common import fail, storage_for, storage_option, tracking_option
+from hpsearch.cli.common import (
+    fail,
+    load_keras_quietly,
+    storage_for,
+    storage_option,
+    storage_url,
+    tracking_option,
+    use_tracking,
+)
 from hpsearch.errors import HpsearchError
 
 
@@ -59,8 +67,11 @@ def best(
     try:
         from hpsearch.chooser import Combination, best_trial, describe_best, finalize, load_study
 
-        winner = best_trial(load_study(study_name(study or study_option),
-                                       storage_for(storage, tracking_uri)))  # fmt: skip
+        url = storage_url(storage, tracking_uri)
+        found = load_study(study_name(study or study_option), url)  # before MLflow is loaded
+        use_tracking(tracking_uri)
+        load_keras_quietly()
+        winner = best_trial(found)
         click.echo(f"study {winner.study}: {describe_best(winner)}")
         click.echo(winner.config.to_yaml().rstrip())
         if retrain:
@@ -179,6 +190,7 @@ def combine(
         from hpsearch.chooser import finalize, selection_epochs, study_bests
 
         bests = study_bests(specs, storage_for(storage, tracking_uri))
+        load_keras_quietly()
         combination = merge(bests, base)
         data = {k: v for k, v in (("data_dir", data_dir), ("limit", limit or None)) if v}
         if data:
@@ -241,8 +253,9 @@ def report(
         from hpsearch.chooser import load_study
 
         names = [study_name(s) for s in studies]
-        url = storage_for(storage, tracking_uri)
-        loaded = [load_study(name, url) for name in names]
+        url = storage_url(storage, tracking_uri)
+        loaded = [load_study(name, url) for name in names]  # before MLflow is loaded
+        use_tracking(tracking_uri)
         from hpsearch.report import write_report
         from hpsearch.tracking import log_folder
 

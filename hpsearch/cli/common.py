@@ -30,6 +30,40 @@ def fail(error: HpsearchError) -> None:
     sys.exit(2)
 
 
+VERBOSE_ENV = "HPSEARCH_VERBOSE"
+
+
+def load_keras_quietly() -> None:
+    """Import Keras (TensorFlow under it) and start its devices with their native start-up
+    lines (absl's "All log messages before absl::InitializeLog()", oneDNN, CUDA stubs, each
+    printed once per library copy) held back; shown with ``hpsearch --verbose`` or when the
+    import fails."""
+    if "keras" in sys.modules or os.environ.get(VERBOSE_ENV):
+        import keras  # noqa: F401
+        return
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            import keras
+
+            if keras.backend.backend() == "tensorflow":
+                import tensorflow as tf
+
+                tf.config.list_physical_devices()  # where CUDA's "failed call to cuInit" is said
+        except BaseException:
+            os.dup2(saved, 2)
+            held.seek(0)
+            sys.stderr.write(held.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def stop_on_sigterm() -> None:
     """SIGTERM behaves as Ctrl-C: the running trial and its run are closed before exit."""
 
@@ -81,22 +115,51 @@ def tracking_option(function):
     )(function)
 
 
+#: MLflow 3's tracking URI when none is set (tests/test_cli_help.py holds it to MLflow's own)
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+
+def tracking_in_effect(tracking_uri: str | None) -> str:
+    """The option, else the URI MLflow uses now, else ``$MLFLOW_TRACKING_URI``, else MLflow's
+    default; without importing MLflow unless it is loaded already."""
+    if tracking_uri:
+        return tracking_uri
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        return mlflow.get_tracking_uri()
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def storage_url(storage: str | None, tracking_uri: str | None) -> str:
+    """The Optuna storage (default: beside the MLflow store), both URLs checked first.
+
+    Imports neither MLflow nor Keras: bad input is refused in well under a second.
+    """
+    from hpsearch.connections import check_storage, check_tracking, default_storage
+
+    uri = tracking_in_effect(tracking_uri)
+    check_tracking(uri)
+    url = storage or default_storage(uri)
+    if storage:
+        check_storage(url)
+    return url
+
+
 def use_tracking(tracking_uri: str | None) -> str:
     """Point MLflow at ``tracking_uri`` after checking it; returns the URI in effect."""
     from hpsearch.connections import check_tracking
-    from hpsearch.tracking import set_tracking_uri
 
-    if tracking_uri:
-        check_tracking(tracking_uri)
-    uri = set_tracking_uri(tracking_uri)
-    if not tracking_uri:
-        check_tracking(uri)
+    uri = tracking_in_effect(tracking_uri)
+    check_tracking(uri)
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
     return uri
 
 
 def storage_for(storage: str | None, tracking_uri: str | None) -> str:
-    """Check and use the tracking URI; the Optuna storage (default: beside the MLflow store)."""
-    from hpsearch.driver import default_storage
-
-    uri = use_tracking(tracking_uri)
-    return storage or default_storage(uri)
+    """:func:`storage_url`, then MLflow pointed at the tracking URI."""
+    url = storage_url(storage, tracking_uri)
+    use_tracking(tracking_uri)
+    return url

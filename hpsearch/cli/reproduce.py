@@ -10,6 +10,7 @@ from hpsearch.cli.common import (
     WORKERS_HELP,
     WorkerCount,
     fail,
+    load_keras_quietly,
     stop_on_sigterm,
     storage_for,
     storage_option,
@@ -65,6 +66,7 @@ def reproduce(only, data_dir, limit, epochs_scale, repeats, quick, report_only, 
         data_dir = data_dir or None  # MLproject passes "" for "not given"
         planned = reproduction.plan(tuple(only), scale, data_dir)  # every file checked first
         url = storage_for(storage, tracking_uri)
+        load_keras_quietly()
         if report_only:
             reproduction.write(planned, scale, url, Path(output), 0.0, click.echo)
             return

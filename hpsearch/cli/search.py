@@ -10,6 +10,7 @@ from hpsearch.cli.common import (
     WORKERS_HELP,
     WorkerCount,
     fail,
+    load_keras_quietly,
     stop_on_sigterm,
     storage_for,
     storage_option,
@@ -74,6 +75,7 @@ def _run(study_file, n_trials, timeout, storage, tracking_uri, data_dir, limit, 
                 "use `hpsearch search`, not `worker`"
             )
         url = storage_for(storage, tracking_uri)
+        load_keras_quietly()
         from hpsearch.driver import WorkerOptions, describe, run_search
         from hpsearch.engine_check import check_engine
 

@@ -7,7 +7,14 @@ from typing import Any
 
 import click
 
-from hpsearch.cli.common import DATASETS, fail, tracking_option, use_tracking
+from hpsearch.cli.common import (
+    DATASETS,
+    fail,
+    load_keras_quietly,
+    tracking_in_effect,
+    tracking_option,
+    use_tracking,
+)
 from hpsearch.errors import HpsearchError
 
 
@@ -119,6 +126,11 @@ def _train(
     config = load_config(config_path or None, parse_overrides(overrides))
     spec = make_data_spec(data)
     say = (lambda *_: None) if quiet else click.echo
+    if not no_tracking:  # a bad tracking URI is refused before anything heavy loads
+        from hpsearch.connections import check_tracking
+
+        check_tracking(tracking_in_effect(tracking_uri))
+    load_keras_quietly()
     say(f"loading {spec.dataset}" + (f" from {spec.data_dir}" if spec.data_dir else ""))
 
     from hpsearch.trial import load_splits, tracked_trial
