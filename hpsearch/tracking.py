@@ -68,7 +68,7 @@ except ImportError:  # Windows: no takeover of a dead worker's spool entries
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-    from hpsearch.config import TrialConfig
+    from hpsearch.config import DataSpec, TrialConfig
     from hpsearch.datasets import Splits
     from hpsearch.drawing import DrawingProcess
     from hpsearch.runner import TrialResult
@@ -260,6 +260,21 @@ class TrialRun:
             "tags": [RunTag(k, str(v)) for k, v in (tags or {}).items()],
         }
         self._later(f"params of run {self.run_id}", _log_batch, self.client, self.run_id, batch)
+
+    def log_dataset(self, spec: DataSpec, fingerprint: str, context: str = "training") -> None:
+        """The trial's data as an MLflow dataset input (the runs table's Dataset column):
+        its name, the data fingerprint as digest, and where it came from."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        if spec.data_dir:
+            source_type, source = "local", {"uri": str(Path(spec.data_dir).expanduser().resolve())}
+        else:  # a loader: scikit-learn's digits, Keras's downloads
+            source_type, source = "code", {"tags": {"hpsearch.dataset": spec.dataset}}
+        split = f"limit={spec.limit or 'all'}, validation={spec.validation_fraction:g}"
+        entity = Dataset(name=f"{spec.dataset} ({split})", digest=fingerprint or "unknown",
+                         source_type=source_type, source=json.dumps(source))  # fmt: skip
+        inputs = [DatasetInput(entity, [InputTag("mlflow.data.context", context)])]
+        self._later(f"dataset of run {self.run_id}", self.client.log_inputs, self.run_id, inputs)
 
     def log_metrics(self, metrics: Mapping[str, float]) -> None:
         from mlflow.entities import Metric

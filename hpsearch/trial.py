@@ -40,6 +40,7 @@ def tracked_trial(
     if run is not None:
         params = {**config.to_params(), **spec.to_params()}
         run.log_params(params, tags={"hpsearch.data_fingerprint": fingerprint})
+        run.log_dataset(spec, fingerprint)
         callbacks.insert(0, run.epoch_logger())  # before a pruner ends the epoch
     result = run_trial(config, splits, callbacks, evaluate_test=evaluate_test, verbose=verbose)
     if run is not None:

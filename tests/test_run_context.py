@@ -63,3 +63,19 @@ def test_experiments_open_in_mlflows_model_training_view(stores):
         pass
     tags = client.get_experiment(legacy).tags
     assert tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_the_trials_data_is_an_mlflow_dataset_input_named_and_digested(stores, tmp_path):
+    from hpsearch.config import DataSpec
+
+    _, client = stores
+    with TrialRun("datasets", "trial-000") as run:
+        run.log_dataset(DataSpec(dataset="digits", limit=300), "0123456789abcdef")
+    with TrialRun("datasets", "trial-001") as local:
+        local.log_dataset(DataSpec(dataset="folder", data_dir=str(tmp_path)), "fedcba9876543210")
+    (given,) = client.get_run(run.run_id).inputs.dataset_inputs
+    assert given.dataset.name == "digits (limit=300, validation=0.2)"
+    assert given.dataset.digest == "0123456789abcdef" and given.dataset.source_type == "code"
+    assert {t.key: t.value for t in given.tags} == {"mlflow.data.context": "training"}
+    (folder,) = client.get_run(local.run_id).inputs.dataset_inputs
+    assert folder.dataset.source_type == "local" and str(tmp_path) in folder.dataset.source

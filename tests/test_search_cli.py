@@ -49,6 +49,8 @@ def test_smoke_study_gives_one_parent_and_one_child_per_trial(mlflow_server, tmp
         assert run.info.status in ("FINISHED", "FAILED")
         assert keys <= set(run.data.params)
         assert run.data.params["seed"] == str(trial.user_attrs["seed"])
+        (data,) = client.get_run(run.info.run_id).inputs.dataset_inputs  # the Dataset column
+        assert data.dataset.digest == run.data.tags["hpsearch.data_fingerprint"]
         for name, value in trial.params.items():
             shown = TrialConfig(**{name: value}).to_params(mark_unused=False)[name]
             assert run.data.params[name] == shown or (
