@@ -90,6 +90,7 @@ TRIAL_ARTIFACTS = (
     "model_summary.txt",
     "config.yaml",
     "model.keras",
+    "class_names.json",  # what each of the model's outputs is (index -> class, e.g. a folder)
 )
 SPOOL_ENV = "HPSEARCH_SPOOL_DIR"
 OTHER_HOST_STALE_S = 600.0  # another host's spool entry untouched this long is taken over
@@ -952,8 +953,10 @@ class _TrialArtifacts:
         )
 
     def keep(self, folder: Path) -> None:
-        """The config and the inference model (the files the other artifacts cannot remake)."""
+        """The config, the inference model and its class names (the files the other
+        artifacts cannot remake)."""
         (folder / "config.yaml").write_text(self.config_yaml)
+        (folder / "class_names.json").write_text(json.dumps(list(self.class_names)))
         self.network.save(folder / "model.keras")
 
     def write(self, folder: Path, drawer: DrawingProcess | None = None) -> list[Path]:
@@ -987,4 +990,5 @@ class _TrialArtifacts:
             folder / "model_summary.txt",
             folder / "config.yaml",
             folder / "model.keras",
+            folder / "class_names.json",
         ]

@@ -34,6 +34,7 @@ TRIAL_ARTIFACTS = {
     "model_summary.txt",
     "config.yaml",
     "model.keras",
+    "class_names.json",
 }
 
 

@@ -79,6 +79,12 @@ def test_train_logs_final_metrics_artifacts_and_outcome(trained):
     logged = {item.path for item in client.list_artifacts(run.info.run_id)}
     assert TRIAL_ARTIFACTS <= logged
     assert f"#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}" in stdout
+    import json
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:  # which class each output index is
+        names = client.download_artifacts(run.info.run_id, "class_names.json", folder)
+        assert json.loads(open(names).read()) == [str(digit) for digit in range(10)]
 
 
 def test_logged_config_artifact_matches_params(trained, tmp_path):
