@@ -6,6 +6,7 @@ callbacks. Raises :class:`TrialFailed` for a trial that cannot finish.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Sequence
@@ -155,6 +156,7 @@ def run_trial(
 ) -> TrialResult:
     """Build, fit and evaluate ``config`` on ``splits``; ``verbose`` as in ``Model.fit``."""
     started = time.perf_counter()
+    warn_if_batch_norm_lags(config, len(splits.x_train))
     keras.config.set_dtype_policy(config.precision)
     try:
         model, history, fit_time = _fit(
@@ -183,6 +185,37 @@ def run_trial(
         wall_time_s=time.perf_counter() - started,
         test_metrics=test_metrics,
     )
+
+
+def batch_norm_lag(config: TrialConfig, train_size: int) -> str | None:
+    """Why validation under batch norm would lag training, or None.
+
+    Batch norm's moving statistics (what inference uses) average over about
+    ``1 / (1 - momentum)`` steps: 100 at Keras's 0.99. With fewer steps than that
+    in an epoch, each epoch's validation sees statistics of the weights of epochs
+    ago, and its accuracy can collapse while training accuracy climbs.
+    """
+    if config.batch_norm == "none":
+        return None
+    steps = math.ceil(train_size / config.batch_size)
+    horizon = 1 / (1 - config.batch_norm_momentum)
+    if steps >= horizon:
+        return None
+    return (f"batch_norm_momentum {config.batch_norm_momentum:g} averages batch norm's "
+            f"statistics over ~{horizon:.0f} steps, but an epoch has {steps}: validation "
+            f"will lag training; use batch_norm_momentum <= {1 - 1 / steps:.2g} or more "
+            "data")  # fmt: skip
+
+
+_WARNED: set[str] = set()  # each batch-norm warning once a process, not once a trial
+
+
+def warn_if_batch_norm_lags(config: TrialConfig, train_size: int) -> None:
+    """:func:`batch_norm_lag` as a warning on stderr, once per process."""
+    reason = batch_norm_lag(config, train_size)
+    if reason and reason not in _WARNED:
+        _WARNED.add(reason)
+        logging.getLogger("hpsearch").warning("warning: %s", reason)
 
 
 @dataclass

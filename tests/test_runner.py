@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -154,3 +155,19 @@ def test_test_time_flip_scores_the_test_set_on_each_image_and_its_mirror(splits)
     final = train_final(config, splits, 1, verbose=0)
     averaged = (predict(final.model, x) + predict(final.model, x[:, :, ::-1])) / 2
     np.testing.assert_allclose(final.test_probabilities, averaged, rtol=1e-5, atol=1e-6)
+
+
+def test_batch_norm_momentum_too_slow_for_an_epochs_steps_is_warned_and_smoke_avoids_it():
+    from hpsearch.runner import batch_norm_lag
+    from hpsearch.study import load_study
+    from hpsearch.trial import load_splits
+
+    slow = make_config({"batch_norm": "before", "batch_size": 64})  # 0.99: ~100 steps
+    reason = batch_norm_lag(slow, 480)
+    assert reason and "~100 steps" in reason and "an epoch has 8" in reason
+    assert batch_norm_lag(slow, 64 * 100) is None  # 100 steps an epoch: fine
+    assert batch_norm_lag(make_config({"batch_size": 64}), 480) is None  # no batch norm
+    smoke = load_study(Path(__file__).resolve().parents[1] / "studies" / "smoke.yaml")
+    splits, _ = load_splits(smoke.data)
+    config = make_config({**smoke.fixed, "batch_norm": "before"})
+    assert batch_norm_lag(config, len(splits.x_train)) is None
