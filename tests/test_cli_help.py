@@ -22,3 +22,14 @@ def test_every_environment_variable_hpsearch_reads_is_in_the_help():
     assert missing == [], f"read by hpsearch, not in `hpsearch --help`: {missing}"
     for name in ("MLFLOW_TRACKING_URI", "KERAS_BACKEND"):
         assert name in shown
+
+
+def test_validate_quiet_prints_only_the_errors(tmp_path):
+    good = str(PACKAGE.parent / "studies" / "smoke.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nspace: {batch_norm: {choices: [middle]}}\n")
+    runner = CliRunner()
+    assert runner.invoke(main, ["validate", "-q", good]).output == ""
+    done = runner.invoke(main, ["validate", "-q", good, str(bad)])
+    assert done.exit_code == 2
+    assert "smoke" not in done.output and "batch_norm" in done.output

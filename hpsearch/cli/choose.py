@@ -240,8 +240,13 @@ def study_name(given: str | None) -> str | None:
     show_default=True,
     help="Folder for the reports (one subfolder per study).",
 )
+@click.option("-q", "--quiet", is_flag=True, help="Print only the errors.")
 def report(
-    studies: tuple[str, ...], storage: str | None, tracking_uri: str | None, output: str
+    studies: tuple[str, ...],
+    storage: str | None,
+    tracking_uri: str | None,
+    output: str,
+    quiet: bool,
 ) -> None:
     """Write each study's reproduction table and figures; log them on its parent run.
 
@@ -264,8 +269,8 @@ def report(
             parent = study.user_attrs.get("mlflow_parent_run_id")
             if parent:
                 log_folder(parent, path.parent, "report")
-            click.echo(
-                f"{path}: {len(rows)} trials" + (" (logged on the parent run)" if parent else "")
-            )
+            if not quiet:
+                click.echo(f"{path}: {len(rows)} trials"
+                           + (" (logged on the parent run)" if parent else ""))  # fmt: skip
     except HpsearchError as error:
         fail(error)

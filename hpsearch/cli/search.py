@@ -231,7 +231,8 @@ def server(host, port, backend_store_uri, artifacts_destination, auth, allowed_h
 
 @click.command()
 @click.argument("study_files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-def validate(study_files: tuple[str, ...]) -> None:
+@click.option("-q", "--quiet", is_flag=True, help="Print only the errors.")
+def validate(study_files: tuple[str, ...], quiet: bool) -> None:
     """Check study files without running them."""
     from hpsearch.space import grid_size
     from hpsearch.study import load_study
@@ -243,6 +244,8 @@ def validate(study_files: tuple[str, ...]) -> None:
         except HpsearchError as error:
             click.echo(f"Error: {error}", err=True)
             failed = True
+            continue
+        if quiet:
             continue
         size = f", grid of {grid_size(study)}" if study.sampler.type == "grid" else ""
         engine = f"{study.engine} engine, " if study.engine != "optuna" else ""
