@@ -104,7 +104,7 @@ def best(
                 raise HpsearchError(
                     f"trial {winner.number} (MLflow run {winner.run_id}) has no model.keras"
                     f"{why} retrain it with "
-                    f"`hpsearch best --study {study_name} --retrain --export {export}`"
+                    f"`hpsearch best --study {found.study_name} --retrain --export {export}`"
                 ) from None
             click.echo(f"exported trial {winner.number}'s model to {export}")
     except HpsearchError as error:
