@@ -13,6 +13,8 @@ import sys
 
 import keras
 
+from hpsearch.keras_compat import leave_tensorflow_unloaded
+
 _CUSTOM_GRADIENT = "CustomGradient-"
 
 
@@ -94,29 +96,6 @@ def _tensorflow_kernels_kept():
         yield
     finally:
         del context._set_global_seed, context.clear_kernel_cache
-
-
-def leave_tensorflow_unloaded() -> None:
-    """On a backend other than TensorFlow, keep Keras from loading TensorFlow in this process.
-
-    Keras imports TensorFlow wherever it is installed to ask whether an object is one of its
-    types (when saving a model) and to seed it too (``keras.utils.set_random_seed``). On
-    JAX, nothing hpsearch runs uses it (no tf.data), and loading it would cost each worker
-    seconds, hundreds of MiB and, on a GPU, a claim on its memory. With TensorFlow not
-    loaded yet, Keras's lazy handle on it is told "not installed" for the rest of the
-    process (no object can be a TensorFlow type then); with it loaded, on the TensorFlow
-    backend, or with another Keras layout, nothing changes.
-    """
-    if keras.backend.backend() == "tensorflow" or "tensorflow" in sys.modules:
-        return
-    try:
-        from keras.src.utils import module_utils
-
-        lazy = module_utils.tensorflow
-    except (ImportError, AttributeError):
-        return
-    if getattr(lazy, "_available", False) is None:  # not asked yet
-        lazy._available = False
 
 
 def _tensorflow_context():
