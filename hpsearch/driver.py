@@ -607,6 +607,8 @@ def _run_trials(study, spec, objective, options, total, timeout, echo, warn, han
                 continue
             waiting = False
             if ran:
+                if failpoints.armed("uploading"):  # stop in this upload, not some trials later
+                    objective.uploader.drain(60.0)
                 failpoints.reached("between_trials")
             close_unclosed_runs(objective.validation)
             try:

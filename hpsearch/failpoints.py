@@ -10,6 +10,8 @@ order:
 ``first_epoch``     the first epoch has ended and been reported to the pruner
 ``last_epoch``      the last epoch (``epochs``) begins
 ``uploading``       a completed trial's artifacts are written to the spool, not yet sent
+                    (armed, the driver lets that upload run before the next trial, so
+                    the stop lands on the trial just completed, not some trials later)
 ``between_trials``  a trial has ended; the next is not asked for yet
 
 (Failpoints after FreeBSD's and TiKV's: a test hook that costs nothing when off.)
@@ -29,6 +31,11 @@ _passed: set[str] = set()
 
 def enabled() -> bool:
     return ENV in os.environ
+
+
+def armed(point: str) -> bool:
+    """Whether ``$HPSEARCH_FAILPOINT`` names ``point`` and it has not been reached yet."""
+    return os.environ.get(ENV) == point and point not in _passed
 
 
 def reached(point: str) -> None:
