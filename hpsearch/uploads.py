@@ -1,5 +1,8 @@
 """Background uploads: a trial's figures are drawn and its artifacts sent while the next trains.
 
+Not MLflow's async logging (``synchronous=False``, 3.17): it sends metrics, params and tags only
+(``log_artifact(s)`` take no such flag), never draws figures, and cannot be held for a first epoch.
+
 One thread, one queue, jobs in the order they were given: a run's artifacts
 are always uploaded before the job that closes the run. The driver holds the
 queue while a trial builds its model and traces its train step (Python work
