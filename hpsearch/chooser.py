@@ -205,6 +205,7 @@ def finalize(
 ) -> FinalOutcome:
     """Retrain on training + validation data, evaluate once on the test set, log, register."""
     from hpsearch.builder import inference_network, tested_model
+    from hpsearch.export import model_metadata, save_model
     from hpsearch.runner import train_final
     from hpsearch.trial import load_splits
 
@@ -232,12 +233,14 @@ def finalize(
             metrics = _write_final_artifacts(Path(tmp), result, network, config, splits)
             run.log_metrics(metrics)
             run.log_artifacts(Path(tmp))
+        about = model_metadata(splits.class_names, splits.x_test.shape[1:],
+                               mlflow_run_id=run.run_id, **lineage)  # fmt: skip
         if export is not None:
             export.parent.mkdir(parents=True, exist_ok=True)
-            model.save(export)
+            save_model(model, export, about)
         version = None
         if model_name:
-            version = run.register_model(model, model_name, lineage, splits.x_test[:2])
+            version = run.register_model(model, model_name, lineage, splits.x_test[:2], about)
     return FinalOutcome(run.run_id, result.test_accuracy, result.test_loss, epochs, version, export)
 
 
@@ -258,8 +261,12 @@ def _write_final_artifacts(folder, result, network, config, splits) -> dict[str,
     predicted = np.argmax(result.test_probabilities, axis=1)
     names = splits.class_names
     save_confusion_matrix(splits.y_test, predicted, names, folder / "confusion_matrix_test.png",
-                          title=f"test accuracy {result.test_accuracy:.4f}")  # fmt: skip
-    save_training_curves(result.history, folder / "training_curves.png")
+                          title=f"the final model on the test set "
+                          f"(accuracy {100 * result.test_accuracy:.2f}%)")  # fmt: skip
+    last = len(result.history.get("loss") or ()) or result.epochs  # no early stopping: the last
+    save_training_curves(result.history, folder / "training_curves.png", last,
+                         "The final fit on training + validation images: loss and accuracy per "
+                         f"epoch; the weights kept are the last epoch's ({last})")  # fmt: skip
     per_class = per_class_accuracy(splits.y_test, predicted, names)
     with open(folder / "per_class_accuracy.csv", "w", newline="") as handle:
         csv.writer(handle).writerows([("class", "accuracy"), *per_class.items()])

@@ -50,7 +50,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
@@ -289,22 +289,38 @@ class TrialRun:
         self.client.log_artifacts(self.run_id, str(folder))
 
     def register_model(
-        self, model: keras.Model, name: str, tags: Mapping[str, str], example: np.ndarray
+        self,
+        model: keras.Model,
+        name: str,
+        tags: Mapping[str, str],
+        example: np.ndarray,
+        metadata: Mapping[str, Any],
     ) -> str:
-        """Log ``model`` as this run's MLflow model, register it as ``name``; the new version."""
+        """Log ``model`` as this run's MLflow model, register it as ``name``; the new version.
+
+        With a signature and an input example of raw images (what ``mlflow models
+        serve`` takes), and ``metadata`` (class names, input) in its MLmodel file.
+        """
         import mlflow
         from mlflow.models import infer_signature
 
         signature = infer_signature(example, model.predict(example, verbose=0))
-        with mlflow.start_run(run_id=self.run_id):
-            info = mlflow.keras.log_model(
+        with tempfile.TemporaryDirectory(prefix="hpsearch-mlmodel-") as tmp:
+            # saved, then logged: mlflow.keras.log_model with an input example fails
+            # (mlflow/mlflow#16183, open in 3.17: it writes the example before the folder)
+            folder = Path(tmp) / "model"
+            folder.mkdir()
+            mlflow.keras.save_model(
                 model,
-                name="model",
-                registered_model_name=name,
+                str(folder),
                 signature=signature,
+                input_example=example,
+                metadata=dict(metadata),
                 pip_requirements=[f"keras=={keras.__version__}"],
             )
-        version = str(info.registered_model_version)
+            self.client.log_artifacts(self.run_id, str(folder), "model")
+        registered = mlflow.register_model(f"runs:/{self.run_id}/model", name)
+        version = str(registered.version)
         for key, value in tags.items():
             self.client.set_model_version_tag(name, version, key, str(value))
         return version
@@ -957,7 +973,10 @@ class _TrialArtifacts:
         artifacts cannot remake)."""
         (folder / "config.yaml").write_text(self.config_yaml)
         (folder / "class_names.json").write_text(json.dumps(list(self.class_names)))
-        self.network.save(folder / "model.keras")
+        from hpsearch.export import model_metadata, save_model
+
+        shape = self.val_images.shape[1:]
+        save_model(self.network, folder / "model.keras", model_metadata(self.class_names, shape))
 
     def write(self, folder: Path, drawer: DrawingProcess | None = None) -> list[Path]:
         """Curves, validation confusion matrix, model summary; config and model when not kept.

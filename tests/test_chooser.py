@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import time
+import urllib.request
+from pathlib import Path
 
 import mlflow
+import numpy as np
 import optuna
 import pytest
 from mlflow import MlflowClient
@@ -16,6 +23,7 @@ from mlflow import MlflowClient
 from hpsearch.chooser import best_trial, combine, load_study
 from hpsearch.driver import run_search
 from hpsearch.errors import HpsearchError
+from hpsearch.export import read_metadata
 from hpsearch.report import write_report
 from hpsearch.study import parse_study
 
@@ -128,6 +136,9 @@ def test_search_combine_export_register_and_predict(mlflow_server, tmp_path):
     assert shown.returncode == 0, shown.stderr[-2000:]
     assert re.search(r"best trial \d, value 0\.\d+, MLflow run [0-9a-f]{32}", shown.stdout)
     assert (tmp_path / "best.keras").stat().st_size > 0
+    digits = [str(d) for d in range(10)]
+    assert read_metadata(tmp_path / "best.keras")["class_names"] == digits
+    assert "probabilities of 10 classes (0, 1, 2, 3, ...)" in shown.stdout
     alone = hpsearch("best", *storage, cwd=tmp_path)  # the storage's only study, by name too
     assert alone.returncode == 0, alone.stderr[-2000:]
     assert alone.stdout and shown.stdout.startswith(alone.stdout)  # then "exported ... to ..."
@@ -147,12 +158,17 @@ def test_search_combine_export_register_and_predict(mlflow_server, tmp_path):
             "misclassified.png", "grad_cam.png"} <= artifacts  # fmt: skip
     assert sum(k.startswith("test_accuracy_") for k in run.data.metrics) == 10
 
+    about = read_metadata(final)  # what the exported file says it predicts, and from what
+    assert about["class_names"] == digits and about["mlflow_run_id"] == run_id
+    assert about["input"] == {"shape": [8, 8, 1], "dtype": "uint8", "range": [0, 255]}
+
     version = client.get_model_version("tiny-final", "1")
     assert version.run_id == run_id
     assert version.tags["hpsearch.studies"] == "tiny"
     assert re.fullmatch(r"tiny#\d", version.tags["hpsearch.trials"])
     assert len(version.tags["hpsearch.data_fingerprint"]) == 16
     assert version.tags["hpsearch.code_version"].startswith("0.")
+    served = served_predictions(mlflow_server, "models:/tiny-final/1", tmp_path)
 
     # a fresh process with nothing but Keras: raw uint8 images in, probabilities out
     probe = textwrap.dedent(f"""\
@@ -164,12 +180,60 @@ def test_search_combine_export_register_and_predict(mlflow_server, tmp_path):
         assert model.get_layer("mirror_average")
         probabilities = model.predict(splits.x_test, verbose=0)
         assert probabilities.shape == (len(splits.x_test), 10), probabilities.shape
+        print(model.predict(splits.x_test[:2], verbose=0).tolist())
         print(float(np.mean(probabilities.argmax(1) == splits.y_test)))
         """)
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                           timeout=120, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert float(done.stdout.strip().splitlines()[-1]) == pytest.approx(logged, abs=1e-9)
+    # the served registered model answers the input example (the first two test images) alike
+    local = json.loads(done.stdout.strip().splitlines()[-2])
+    np.testing.assert_allclose(served, local, atol=1e-5)
+
+
+def served_predictions(tracking: str, model_uri: str, tmp_path) -> list:
+    """``mlflow models serve`` the model (a real server process) and post it the input example
+    logged with it: raw uint8 images as JSON; its predictions."""
+    from mlflow.artifacts import download_artifacts
+
+    source = MlflowClient(tracking_uri=tracking).get_model_version_download_uri(
+        *model_uri.removeprefix("models:/").split("/"))  # fmt: skip
+    folder = download_artifacts(source, dst_path=str(tmp_path / "served"), tracking_uri=tracking)
+    mlmodel = (Path(folder) / "MLmodel").read_text()
+    assert "class_names:" in mlmodel and "signature:" in mlmodel, mlmodel
+    example = json.loads((Path(folder) / "serving_input_example.json").read_text())
+    assert np.asarray(example["inputs"]).shape == (2, 8, 8, 1)  # raw images, not features
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri, "--env-manager",
+         "local", "--host", "127.0.0.1", "--port", str(port)],
+        env={**os.environ, "MLFLOW_TRACKING_URI": tracking, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert server.poll() is None, server.stdout.read()[-3000:]
+            assert time.monotonic() < deadline, "the model server did not answer /ping in 180 s"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                    break
+            except OSError:
+                time.sleep(1)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", data=json.dumps(example).encode(),
+            headers={"Content-Type": "application/json"})  # fmt: skip
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            predictions = json.loads(answer.read())["predictions"]
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.communicate(timeout=30)
+    assert np.asarray(predictions).shape == (2, 10)
+    return predictions
 
 
 @pytest.mark.parametrize(

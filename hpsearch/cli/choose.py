@@ -106,9 +106,34 @@ def best(
                     f"{why} retrain it with "
                     f"`hpsearch best --study {found.study_name} --retrain --export {export}`"
                 ) from None
-            click.echo(f"exported trial {winner.number}'s model to {export}")
+            names = _class_names_into(Path(export), winner.run_id)
+            click.echo(f"exported trial {winner.number}'s model to {export} (raw uint8 images in, "
+                       f"probabilities of {names} out; see its metadata.json)")  # fmt: skip
     except HpsearchError as error:
         fail(error)
+
+
+def _class_names_into(exported, run_id: str) -> str:
+    """The class names the exported model predicts, added to its metadata if missing
+    (a trial from before hpsearch wrote them there); said shortly."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from hpsearch.export import add_metadata, read_metadata
+    from hpsearch.tracking import MissingArtifact, download_artifact
+
+    names = read_metadata(exported).get("class_names")
+    if names is None:
+        with tempfile.TemporaryDirectory(prefix="hpsearch-names-") as tmp:
+            try:
+                kept = download_artifact(run_id, "class_names.json", Path(tmp) / "names.json")
+            except MissingArtifact:
+                return "unnamed classes"
+            names = json.loads(kept.read_text())
+        add_metadata(exported, {"class_names": names})
+    shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+    return f"{len(names)} classes ({shown})"
 
 
 def _say_final(outcome) -> None:
@@ -119,7 +144,8 @@ def _say_final(outcome) -> None:
     if outcome.model_version:
         click.echo(f"registered model version {outcome.model_version}")
     if outcome.export:
-        click.echo(f"exported to {outcome.export} (keras.saving.load_model takes raw images)")
+        click.echo(f"exported to {outcome.export} (keras.saving.load_model takes raw uint8 "
+                   "images; class names in its metadata.json)")  # fmt: skip
 
 
 @click.command()
