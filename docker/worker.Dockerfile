@@ -3,9 +3,11 @@
 #
 # Build from the repository root (the build context), e.g.
 #   docker build -f docker/worker.Dockerfile -t hpsearch-worker .
-# Run one worker on GPU 0 of this host:
+# Run one worker on GPU 0 of this host, the database password read from a file:
 #   docker run --rm --gpus device=0 \
-#     -e HPSEARCH_STORAGE='postgresql+psycopg://hpsearch:PASSWORD@db-host:5432/optuna' \
+#     -v "$PWD/docker/secrets/optuna_db_password.txt:/run/secrets/optuna_db_password:ro" \
+#     -e HPSEARCH_STORAGE=postgresql+psycopg://optuna@db-host:5432/optuna \
+#     -e HPSEARCH_STORAGE_PASSWORD_FILE=/run/secrets/optuna_db_password \
 #     -e MLFLOW_TRACKING_URI=http://mlflow-host:5000 \
 #     -v /path/to/shared/data:/srv/hpsearch/shared/data:ro \
 #     hpsearch-worker studies/joint.yaml --quiet
@@ -43,10 +45,13 @@ RUN useradd --create-home --uid 10001 --user-group hpsearch \
     && mkdir -p /srv/hpsearch/main /srv/hpsearch/shared/data /var/cache/hpsearch \
     && chown hpsearch:hpsearch /srv/hpsearch/main /var/cache/hpsearch
 COPY --chown=10001:10001 studies /srv/hpsearch/main/studies
+COPY --chmod=0755 docker/with-db-password /usr/local/bin/with-db-password
 WORKDIR /srv/hpsearch/main
 USER 10001:10001
 
 # The storage URL comes from $HPSEARCH_STORAGE (read by --storage), the tracking server from
 # $MLFLOW_TRACKING_URI; SIGTERM (docker stop) closes the running trial and its MLflow run.
-ENTRYPOINT ["hpsearch", "worker"]
+# with-db-password adds the password in $HPSEARCH_STORAGE_PASSWORD_FILE to that URL, if set,
+# and then becomes `hpsearch worker` (exec: same process, signals reach hpsearch).
+ENTRYPOINT ["with-db-password", "hpsearch", "worker"]
 CMD ["studies/joint.yaml"]

@@ -1,13 +1,17 @@
 """The deployment files in docker/ parse, fit together, and use only real CLI options.
 
-No Docker engine is needed: the compose file and the Kubernetes manifest are read with
+No Docker engine is needed: the compose file and the Kubernetes manifests are read with
 ``yaml.safe_load``, the Dockerfiles line by line, and every ``hpsearch`` / ``mlflow server``
-command line they run is parsed by the real click commands.
+command line they run is parsed by the real click commands. Passwords: none is written in
+these files, each service has its own database user and password file, and the Kubernetes
+Job pins its image, has a deadline and keeps its cache on a PersistentVolumeClaim.
+tests/test_docker_tools.py runs the validators and the helper scripts.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 import re
 import shlex
@@ -24,15 +28,22 @@ from hpsearch.cli import main as hpsearch_cli
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
 COMPOSE = DOCKER / "compose.yaml"
-K8S_JOB = DOCKER / "k8s" / "worker-job.yaml"
+K8S = DOCKER / "k8s"
+K8S_JOB = K8S / "worker-job.yaml"
+K8S_CACHE_PVC = K8S / "dataset-cache-pvc.yaml"
+INITDB_SCRIPT = DOCKER / "initdb" / "10-users-and-databases.sh"
 WORKER_DOCKERFILE = DOCKER / "worker.Dockerfile"
 MLFLOW_DOCKERFILE = DOCKER / "mlflow.Dockerfile"
 README = DOCKER / "README.md"
+# Puts the password from $NAME_PASSWORD_FILE into the URL in $NAME, then execs its arguments.
+WRAPPER = "with-db-password"
 
 WORKER_BASE = "tensorflow/tensorflow:2.21.0-gpu"
 MLFLOW_BASE = "ghcr.io/mlflow/mlflow:v3.17.2"
 # What a Secret-sourced variable stands for when a command line is parsed.
 SECRET_PLACEHOLDER = "postgresql+psycopg://user:secret@db:5432/optuna"
+# A URL that carries a password: scheme://user:password@
+URL_WITH_PASSWORD = re.compile(r"://[^/\s:@\"']+:[^@\s/\"']+@")
 
 _VARIABLE = re.compile(r"\$\{(?P<name>\w+)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}")
 
@@ -133,6 +144,17 @@ def job() -> dict:
 
 
 @pytest.fixture(scope="module")
+def manifests() -> list[tuple[Path, dict]]:
+    """(file, object) for every object in docker/k8s/*.yaml."""
+    return [
+        (path, doc)
+        for path in sorted(K8S.glob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc
+    ]
+
+
+@pytest.fixture(scope="module")
 def job_container(job) -> dict:
     (container,) = job["spec"]["template"]["spec"]["containers"]
     return container
@@ -153,8 +175,19 @@ def service_dockerfile(service: dict) -> Path:
     return (COMPOSE.parent / build["context"] / build.get("dockerfile", "Dockerfile")).resolve()
 
 
+def unwrapped(argv: list[str]) -> list[str]:
+    """The command that with-db-password runs (it execs its arguments)."""
+    return argv[1:] if argv[:1] == [WRAPPER] else argv
+
+
 def effective_argv(service: dict) -> list[str]:
-    """What a compose service runs: its entrypoint/command, else its image's."""
+    """What a compose service runs (behind with-db-password): its entrypoint/command, else
+    its image's."""
+    return unwrapped(raw_argv(service))
+
+
+def raw_argv(service: dict) -> list[str]:
+    """A compose service's entrypoint + command, with-db-password included."""
     path = service_dockerfile(service) if "build" in service else None
     if "entrypoint" in service:
         entrypoint = as_argv(service["entrypoint"])
@@ -172,7 +205,7 @@ def k8s_argv(container: dict) -> list[str]:
     env = {}
     for item in container.get("env", []):
         env[item["name"]] = item["value"] if "value" in item else SECRET_PLACEHOLDER
-    argv = as_argv(container.get("command")) + as_argv(container.get("args"))
+    argv = unwrapped(as_argv(container.get("command")) + as_argv(container.get("args")))
     return [re.sub(r"\$\((\w+)\)", lambda m: env.get(m[1], m[0]), token) for token in argv]
 
 
@@ -213,7 +246,7 @@ def all_command_lines(services: dict, job_container: dict) -> list[tuple[str, li
     lines.append(("k8s worker-job", k8s_argv(job_container), k8s_env(job_container)))
     for path in (WORKER_DOCKERFILE, MLFLOW_DOCKERFILE):
         argv = (exec_form(path, "ENTRYPOINT") or []) + (exec_form(path, "CMD") or [])
-        lines.append((path.name, argv, {}))
+        lines.append((path.name, unwrapped(argv), {}))
     return lines
 
 
@@ -243,34 +276,93 @@ def test_every_compose_variable_has_a_default():
     interpolate(yaml.safe_load(COMPOSE.read_text()))
 
 
-def test_postgres_is_healthchecked_and_holds_both_databases(services):
+def test_postgres_is_healthchecked_and_initialised_by_the_script(services):
     postgres = services["postgres"]
-    assert "pg_isready" in " ".join(as_argv(postgres["healthcheck"]["test"]))
-    env = as_env(postgres["environment"])
+    assert "pg_isready" in as_argv(postgres["healthcheck"]["test"])
     volumes = postgres["volumes"]
     assert any(v.split(":")[1] == "/var/lib/postgresql/data" for v in volumes), volumes
     (init,) = [v for v in volumes if v.split(":")[1] == "/docker-entrypoint-initdb.d"]
-    init_dir = COMPOSE.parent / init.split(":")[0]
-    sql = " ".join(path.read_text() for path in sorted(init_dir.glob("*.sql")))
-    created = set(re.findall(r"CREATE\s+DATABASE\s+\"?(\w+)", sql, re.IGNORECASE))
-    databases = created | {env["POSTGRES_DB"]}
+    init_dir = (COMPOSE.parent / init.split(":")[0]).resolve()
+    assert sorted(init_dir.iterdir()) == [INITDB_SCRIPT]
+    # executable: the image runs it (bash, its own process) rather than sourcing it
+    assert os.access(INITDB_SCRIPT, os.X_OK)
 
-    worker_url = urlsplit(as_env(services["worker"]["environment"])["HPSEARCH_STORAGE"])
-    mlflow_url = urlsplit(option_value(effective_argv(services["mlflow"]), "--backend-store-uri"))
-    for url in (worker_url, mlflow_url):
-        assert url.scheme.startswith("postgresql"), url.scheme
-        assert (url.hostname, url.port) == ("postgres", 5432)
-        assert (url.username, url.password) == (env["POSTGRES_USER"], env["POSTGRES_PASSWORD"])
-        assert url.path.lstrip("/") in databases, (url.path, databases)
-    assert worker_url.path != mlflow_url.path, "Optuna and MLflow need separate databases"
-    assert worker_url.path.lstrip("/") == env["POSTGRES_DB"]
+
+def database_clients(services: dict) -> dict[str, tuple[str, object, str]]:
+    """{service: (variable, URL parts, password file)} for every service whose environment
+    has a URL in NAME and its password file in NAME_PASSWORD_FILE."""
+    found = {}
+    for name, service in services.items():
+        env = as_env(service.get("environment"))
+        for key, path in env.items():
+            if key.endswith("_PASSWORD_FILE") and key.removesuffix("_PASSWORD_FILE") in env:
+                variable = key.removesuffix("_PASSWORD_FILE")
+                found[name] = (variable, urlsplit(env[variable]), path)
+    return found
+
+
+def initdb_users() -> dict[str, str]:
+    """{user: the variable naming its password file} from the initdb script's USERS list."""
+    (listed,) = re.findall(r"^USERS=\((.*)\)$", INITDB_SCRIPT.read_text(), re.MULTILINE)
+    return dict(item.split(":") for item in listed.split())
+
+
+def secret_path(service: dict, path: str) -> str:
+    """The secret behind /run/secrets/NAME, which the service must list."""
+    assert path.startswith("/run/secrets/"), path
+    name = path.removeprefix("/run/secrets/")
+    listed = [s if isinstance(s, str) else s["source"] for s in service.get("secrets", [])]
+    assert name in listed, f"{path}: the service does not list secret {name} ({listed})"
+    return name
+
+
+def test_each_service_has_its_own_database_user_and_password(compose, services):
+    clients = database_clients(services)
+    assert set(clients) == {"worker", "mlflow"}, clients
+    postgres = services["postgres"]
+    pg_env = as_env(postgres["environment"])
+    superuser = pg_env.get("POSTGRES_USER", "postgres")  # the image's default
+    users = initdb_users()
+    seen_users = {superuser}
+    seen_secrets = {secret_path(postgres, pg_env["POSTGRES_PASSWORD_FILE"])}
+    for name, (variable, url, path) in clients.items():
+        where = f"{name}: {variable}"
+        assert url.scheme.startswith("postgresql"), where
+        assert (url.hostname, url.port) == ("postgres", 5432), where
+        assert url.password is None, f"{where} carries a password"
+        assert url.username not in seen_users, f"{where}: user {url.username} is shared"
+        seen_users.add(url.username)
+        secret = secret_path(services[name], path)
+        assert secret not in seen_secrets, f"{where}: password file {secret} is shared"
+        seen_secrets.add(secret)
+        # initdb creates that user, owning the database of the same name, with the password
+        # from the same secret
+        assert url.username in users, f"{where}: initdb/ does not create {url.username}"
+        assert url.path == f"/{url.username}", f"{where}: user {url.username} owns no {url.path}"
+        assert secret_path(postgres, pg_env[users[url.username]]) == secret, where
+    assert set(users) == seen_users - {superuser}, "initdb/ creates users no service uses"
+    assert set(compose["secrets"]) == seen_secrets, "a declared secret is unused"
+
+
+def test_the_initdb_script_gives_each_user_its_database_alone():
+    sql = INITDB_SCRIPT.read_text()
+    for statement in (
+        """CREATE ROLE :"name" LOGIN PASSWORD :'password';""",  # a quoted literal, no splice
+        r'CREATE DATABASE :"name" OWNER :"name";',
+        r'REVOKE ALL ON DATABASE :"name" FROM PUBLIC;',  # no other user may connect
+    ):
+        assert statement in sql, statement
+    assert "\\getenv password" in sql, "the password reaches psql through its environment"
 
 
 def test_mlflow_server_uses_postgresql_and_an_artifact_volume(services):
     mlflow_service = services["mlflow"]
     argv = effective_argv(mlflow_service)
     assert argv[:2] == ["mlflow", "server"]
-    assert option_value(argv, "--backend-store-uri").startswith("postgresql")
+    # the backend store comes from the environment (password added by with-db-password)
+    assert "--backend-store-uri" not in argv
+    env = as_env(mlflow_service["environment"])
+    assert env["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql")
     destination = option_value(argv, "--artifacts-destination")
     assert destination in [v.split(":")[1] for v in mlflow_service["volumes"]]
     assert option_value(argv, "--host") == "0.0.0.0"
@@ -324,16 +416,34 @@ def test_worker_mounts_the_data_read_only_where_the_study_looks(services):
     assert any(wanted.startswith(m[1] + "/") and m[2:] == ["ro"] for m in mounts), (wanted, mounts)
 
 
-def test_no_password_is_written_into_the_files(compose, job):
-    variable = r"\$\{[^}]*\}"
-    credentials = rf"://(?:{variable}|[^:/@\s]+):({variable}|[^@\s]+)@"
-    passwords = re.findall(credentials, COMPOSE.read_text())
-    passwords.append(compose["services"]["postgres"]["environment"]["POSTGRES_PASSWORD"])
-    assert len(passwords) >= 3, "the database URLs of mlflow and worker carry the password"
-    for password in passwords:  # from .env / the environment; a marked local-only fallback
-        assert password == "${POSTGRES_PASSWORD:-change-me}", password
-    job_values = json.dumps(job)  # comments dropped: only what kubectl applies
-    assert not re.search(r"://[^:/@\s\"]+:[^@\s\"]+@", job_values)
+def test_no_password_is_written_into_the_files(compose, services, manifests):
+    for path in [COMPOSE, *sorted(K8S.glob("*.yaml")), WORKER_DOCKERFILE, MLFLOW_DOCKERFILE]:
+        text = path.read_text()
+        assert not URL_WITH_PASSWORD.search(text), f"{path.name}: {URL_WITH_PASSWORD.search(text)}"
+        assert "change-me" not in text, path.name
+    # no password through Compose variables either (no `${POSTGRES_PASSWORD:-default}`)
+    assert not re.search(r"\$\{[^}]*(PASSWORD|SECRET|TOKEN)", COMPOSE.read_text(), re.IGNORECASE)
+    for name, service in services.items():
+        for key, value in as_env(service.get("environment")).items():
+            if re.search("PASSWORD|SECRET|TOKEN", key):  # only the file that holds it
+                assert key.endswith("_FILE") and value.startswith("/run/secrets/"), (name, key)
+    for name, secret in compose["secrets"].items():  # files that git ignores, nothing inline
+        assert set(secret) == {"file"} and secret["file"].startswith("./secrets/"), name
+    assert "secrets/" in (DOCKER / ".gitignore").read_text().split()
+    for path, doc in manifests:  # the password lives in a Secret made by kubectl, not here
+        assert doc["kind"] != "Secret", path.name
+    for _, argv, env in all_command_lines(services, {"command": [], "args": []}):
+        for item in [*argv, *env.values()]:
+            assert not URL_WITH_PASSWORD.search(item), item
+
+
+def test_services_with_a_password_file_run_behind_with_db_password(services, job_container):
+    for name, (variable, _, _) in database_clients(services).items():
+        argv = raw_argv(services[name])
+        assert argv[0] == WRAPPER, f"{name}: nothing puts the password into {variable}"
+        copied = [a for n, a in dockerfile(service_dockerfile(services[name])) if n == "COPY"]
+        assert any(a.split()[-1] == f"/usr/local/bin/{WRAPPER}" for a in copied), name
+    assert as_argv(job_container["command"])[0] == WRAPPER
 
 
 # --- Kubernetes -------------------------------------------------------------------------------
@@ -351,10 +461,70 @@ def test_k8s_job_runs_parallel_gpu_workers(job, job_container):
     assert k8s_argv(job_container)[:2] == ["hpsearch", "worker"]
 
 
-def test_k8s_job_takes_the_storage_from_a_secret(job_container):
+def test_k8s_job_takes_the_database_password_from_a_secret(job, job_container):
     env = {item["name"]: item for item in job_container["env"]}
-    assert env["HPSEARCH_STORAGE"]["valueFrom"]["secretKeyRef"]["name"] == "hpsearch-db"
+    storage = urlsplit(env["HPSEARCH_STORAGE"]["value"])
+    assert storage.scheme.startswith("postgresql") and storage.password is None
+    assert storage.username == "optuna" and storage.path == "/optuna"  # as initdb/ makes it
+    path = env["HPSEARCH_STORAGE_PASSWORD_FILE"]["value"]
+    (mount,) = [m for m in job_container["volumeMounts"] if path.startswith(m["mountPath"] + "/")]
+    assert mount.get("readOnly") is True
+    volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+    secret = volumes[mount["name"]]["secret"]
+    assert secret["secretName"] == "hpsearch-db"
+    key = posixpath.relpath(path, mount["mountPath"])
+    assert {"key": "optuna-db-password", "path": key} in secret["items"]
+    # readable by the worker's group (fsGroup), by no one else
+    assert secret["defaultMode"] == 0o440
+    assert job["spec"]["template"]["spec"]["securityContext"]["fsGroup"] == 10001
     assert urlsplit(env["MLFLOW_TRACKING_URI"]["value"]).scheme in ("http", "https")
+
+
+def test_k8s_job_pins_its_image_as_compose_builds_it(job_container, services):
+    image = job_container["image"]
+    name, digest = image.partition("@")[::2]
+    tag = name.rpartition(":")[2] if ":" in name.rpartition("/")[2] else ""
+    assert digest.startswith("sha256:") or tag, f"{image}: no tag or digest"
+    assert tag != "latest", image
+    assert not digest, "the repository's manifest names the tag that compose builds"
+    assert services["worker"]["image"] == image, "compose builds the tag the Job runs"
+    readme = README.read_text()
+    assert f"hpsearch-worker:{tag}" in readme and "kubectl set image" in readme
+
+
+def test_k8s_job_has_a_deadline(job):
+    deadline = job["spec"]["activeDeadlineSeconds"]
+    assert isinstance(deadline, int) and deadline >= 3600, deadline
+    grace = job["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert deadline > grace
+
+
+def test_k8s_dataset_cache_is_on_a_volume_that_outlives_the_pods(
+    job, job_container, manifests, monkeypatch
+):
+    from hpsearch.datasets import default_cache_dir
+
+    env = k8s_env(job_container)
+    cache = env["HPSEARCH_CACHE_DIR"]
+    monkeypatch.setenv("HPSEARCH_CACHE_DIR", cache)
+    assert str(default_cache_dir()) == cache  # the variable hpsearch reads
+    volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+    claims = {
+        doc["metadata"]["name"]: path
+        for path, doc in manifests
+        if doc["kind"] == "PersistentVolumeClaim"
+    }
+    for path in (cache, env["HPSEARCH_SPOOL_DIR"]):  # decoded datasets, models to upload
+        mounts = [
+            m for m in job_container["volumeMounts"] if f"{path}/".startswith(m["mountPath"] + "/")
+        ]
+        assert mounts, f"{path} is on the container's own disk"
+        volume = volumes[max(mounts, key=lambda m: len(m["mountPath"]))["name"]]
+        assert "emptyDir" not in volume, f"{path} goes with its pod"
+        claim = volume["persistentVolumeClaim"]["claimName"]
+        assert claim in claims, f"no manifest in docker/k8s/ makes the claim {claim}"
+        assert claims[claim] == K8S_CACHE_PVC, "deleting the Job would delete the cache"
+        assert volume["persistentVolumeClaim"].get("readOnly") is not True
 
 
 def test_k8s_job_mounts_the_data_read_only_where_the_study_looks(job, job_container):
@@ -376,7 +546,7 @@ def test_worker_dockerfile_installs_the_project_on_the_tensorflow_gpu_base():
     assert any(a.startswith("psycopg[binary]") for argv in installs for a in argv)
     user = last(WORKER_DOCKERFILE, "USER").split(":")[0]
     assert user not in ("root", "0"), "the worker runs as a non-root user"
-    assert exec_form(WORKER_DOCKERFILE, "ENTRYPOINT") == ["hpsearch", "worker"]
+    assert exec_form(WORKER_DOCKERFILE, "ENTRYPOINT") == [WRAPPER, "hpsearch", "worker"]
 
 
 def test_worker_image_copies_files_that_exist_and_are_not_ignored():
@@ -388,6 +558,14 @@ def test_worker_image_copies_files_that_exist_and_are_not_ignored():
         for source in sources:
             assert (ROOT / source).exists(), source
             assert "!" + source in ignore, f"{source} is excluded from the build context"
+
+
+def test_mlflow_image_copies_only_the_password_helper():
+    ignore = (DOCKER / "mlflow.Dockerfile.dockerignore").read_text().split()
+    copied = [a for n, a in dockerfile(MLFLOW_DOCKERFILE) if n == "COPY"]
+    assert [shlex.split(a)[-2] for a in copied] == [WRAPPER]
+    assert "!" + WRAPPER in ignore
+    assert exec_form(MLFLOW_DOCKERFILE, "ENTRYPOINT") == [WRAPPER]
 
 
 def test_mlflow_dockerfile_adds_the_postgresql_driver_to_the_official_image():
