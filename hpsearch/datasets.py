@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from hpsearch.errors import DataError
+from hpsearch.progress import WorkProgress
 
 log = logging.getLogger(__name__)
 
@@ -404,7 +405,7 @@ def _read_cifar(name: str, source: Path) -> _Arrays:
         if source.is_dir():
             items = ((f, (source / f).read_bytes()) for f in wanted if (source / f).is_file())
         else:
-            items = _tar_files(source, lambda member: PurePosixPath(member).name in wanted)
+            items = _tar_files(source, lambda member: PurePosixPath(member).name in wanted, name)
         for member, data in items:
             file = PurePosixPath(member).name
             found[file] = _unpickle(name, source, file, data)
@@ -521,17 +522,25 @@ def _describe_cifar10_folder(dataset: Dataset, path: Path) -> Dataset:
     return replace(dataset, source=source)
 
 
-def _tar_files(path: Path, wanted: Callable[[str], bool]) -> Iterator[tuple[str, bytes]]:
+def _tar_files(
+    path: Path, wanted: Callable[[str], bool], name: str = "folder"
+) -> Iterator[tuple[str, bytes]]:
     """``(name, bytes)`` of a tar's wanted regular files, in one sequential pass, unextracted.
 
     Random-access mode (not ``r|*``): a truncated .gz then raises instead of ending early,
-    and reading on to the end makes gzip/bz2/xz verify their checksums.
+    and reading on to the end makes gzip/bz2/xz verify their checksums. Shows its progress
+    in bytes of the (compressed) file read.
     """
-    with tarfile.open(path, "r:*") as tar:
+    with open(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r:*") as tar, WorkProgress(
+        os.fstat(raw.fileno()).st_size, f"{name}: read {path.name}:",
+        f"{name}: reading {path.name}", "B",
+    ) as progress:  # fmt: skip
         for member in tar:
             if member.isfile() and wanted(member.name):
                 yield member.name, tar.extractfile(member).read()
+            progress.update_to(raw.tell())
         tar.fileobj.read()
+        progress.update_to(raw.tell())
 
 
 def _unpickle(name: str, source: Path, file: str, data: bytes) -> dict:
@@ -615,7 +624,7 @@ def _folder_members(path: Path, name: str = "folder") -> Iterator[dict[str, Call
             infos = [i for i in archive.infolist() if not i.is_dir() and _is_image(i.filename)]
             yield {info.filename: partial(archive.read, info) for info in infos}
     elif lower.endswith(TAR_SUFFIXES) or tarfile.is_tarfile(path):
-        yield {key: partial(bytes, data) for key, data in _tar_files(path, _is_image)}
+        yield {key: partial(bytes, data) for key, data in _tar_files(path, _is_image, name)}
     else:
         raise DataError(
             f"{name}: expected a directory, .zip or .tar(.gz) at {path}; got a file of another kind"
@@ -667,22 +676,24 @@ def _decode_all(
 ) -> np.ndarray:
     """Decode same-sized images to ``(N, H, W, 3)``, or ``(N, H, W, 1)`` if all are grayscale."""
     out, first, all_gray = np.empty(0, np.uint8), "", True
-    for i, key in enumerate(keys):
-        data = members[key]()
-        try:
-            with Image.open(io.BytesIO(data)) as img:
-                mode = "L" if img.mode in _GRAY_MODES else "RGB"
-                pixels = np.asarray(img if img.mode == mode else img.convert(mode))
-        except Exception as exc:  # Pillow's decoders raise many types on bad data
-            raise DataError(f"{name}: cannot decode image {key} in {path} ({exc})") from exc
-        if i == 0:
-            out, first = np.empty((len(keys), *pixels.shape[:2], 3), np.uint8), key
-        if pixels.shape[:2] != out.shape[1:3]:
-            (h, w), (eh, ew) = pixels.shape[:2], out.shape[1:3]
-            raise DataError(
-                f"{name}: image {key} in {path} is {w}x{h} pixels; expected {ew}x{eh}"
-                f" like {first}: all images must share one size"
-            )
-        out[i] = pixels[..., np.newaxis] if mode == "L" else pixels
-        all_gray = all_gray and mode == "L"
+    with WorkProgress(len(keys), f"{name}: decoded", f"{name}: decoding", "images") as progress:
+        for i, key in enumerate(keys):
+            data = members[key]()
+            try:
+                with Image.open(io.BytesIO(data)) as img:
+                    mode = "L" if img.mode in _GRAY_MODES else "RGB"
+                    pixels = np.asarray(img if img.mode == mode else img.convert(mode))
+            except Exception as exc:  # Pillow's decoders raise many types on bad data
+                raise DataError(f"{name}: cannot decode image {key} in {path} ({exc})") from exc
+            if i == 0:
+                out, first = np.empty((len(keys), *pixels.shape[:2], 3), np.uint8), key
+            if pixels.shape[:2] != out.shape[1:3]:
+                (h, w), (eh, ew) = pixels.shape[:2], out.shape[1:3]
+                raise DataError(
+                    f"{name}: image {key} in {path} is {w}x{h} pixels; expected {ew}x{eh}"
+                    f" like {first}: all images must share one size"
+                )
+            out[i] = pixels[..., np.newaxis] if mode == "L" else pixels
+            all_gray = all_gray and mode == "L"
+            progress.update_to(i + 1)
     return np.ascontiguousarray(out[..., :1]) if all_gray else out

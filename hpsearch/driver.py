@@ -31,7 +31,7 @@ from hpsearch.connections import default_storage  # noqa: F401 - where callers f
 from hpsearch.drawing import DrawingProcess
 from hpsearch.errors import HpsearchError, failure_reason
 from hpsearch.optuna_compat import grid_exhausted, stale_trial_ids, study_storage
-from hpsearch.progress import StudyProgress
+from hpsearch.progress import StudyProgress, quiet_progress
 from hpsearch.redact import hide_password, redact_logs
 from hpsearch.samplers import make_pruner, make_sampler
 from hpsearch.session import freeze_startup_objects, release_trial_state, thaw_startup_objects
@@ -475,7 +475,8 @@ def run_search(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     redact_logs("optuna", "mlflow")
     quiet_trial_failures()
-    splits, fingerprint = load_splits(spec.data)  # bad data: nothing written yet
+    with quiet_progress(verbose == 0):  # decoding an archive: no progress under -q
+        splits, fingerprint = load_splits(spec.data)  # bad data: nothing written yet
     study, created = open_study(spec, make_storage(storage, options), options.worker)
     parent = find_parent(study, spec, storage, created)
     total = study_total(spec, n_trials)
@@ -579,7 +580,7 @@ def _run_trials(study, spec, objective, options, total, timeout, echo, warn, han
     progress = StudyProgress(total, echo)
     ran = failures_in_a_row = 0
     waiting = False
-    with StaleTrialReaper(study, options.heartbeat, handler):
+    with StaleTrialReaper(study, options.heartbeat, handler), progress.bar(study):
         while True:
             fail_lost_trials(study, handler)
             done, running = _done_and_running(study)

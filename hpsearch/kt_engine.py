@@ -55,7 +55,7 @@ from hpsearch.driver import (
 )
 from hpsearch.engine_check import ENGINE_ATTR, check_engine  # noqa: F401 - kt_engine's API
 from hpsearch.errors import ConfigError, HpsearchError, failure_reason
-from hpsearch.progress import StudyProgress
+from hpsearch.progress import StudyProgress, quiet_progress
 from hpsearch.redact import hide_password, redact_logs
 from hpsearch.session import release_trial_state
 from hpsearch.study import EPOCH_METRIC, Factor, StudyFile
@@ -497,7 +497,8 @@ def run_search(
     redact_logs("optuna", "mlflow")
     study, created = open_mirror(spec, storage)
     _reap_lost_trials(study)
-    splits, fingerprint = load_splits(spec.data)
+    with quiet_progress(verbose == 0):  # decoding an archive: no progress under -q
+        splits, fingerprint = load_splits(spec.data)
     parent = find_parent(study, spec, storage, created)
     folder = project_dir(storage, spec.name)
     if not (folder / "oracle.json").exists() and study.user_attrs.get("keras_tuner_project"):
@@ -521,7 +522,7 @@ def run_search(
             f"{len(splits.x_train)} training images; storage {hide_password(storage)}; "
             f"project {folder}"
         )
-        with contextlib.suppress(_Stop):
+        with contextlib.suppress(_Stop), tuner.progress.bar(study):
             tuner.search(verbose=1 if verbose else 0)
         if tuner.fatal is not None:
             raise tuner.fatal

@@ -78,7 +78,8 @@ def launch_workers(
     echo(f"[{spec.name}] {len(plan)} workers for {left if left is not None else 'unlimited'} "
          f"trials; storage {hide_password(storage)}")  # fmt: skip
     env = {**os.environ, "HPSEARCH_STORAGE": storage,
-           "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri()}  # fmt: skip
+           "MLFLOW_TRACKING_URI": mlflow.get_tracking_uri(),
+           "HPSEARCH_PROGRESS": "lines"}  # fmt: skip  # N bars on one terminal would fight
     env.update(worker_env(len(plan)))  # one GPU shared: each worker takes its share
     processes = []
     for index, share in enumerate(plan):

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import io
 import logging
 import os
 import pickle
+import re
 import struct
 import sys
 import tarfile
+import termios
 import types
 import zipfile
 from pathlib import Path
@@ -18,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hpsearch import datasets
+from hpsearch import datasets, progress
 from hpsearch.datasets import (
     CIFAR10_ENV,
     CIFAR10_NAMES,
@@ -30,6 +33,7 @@ from hpsearch.datasets import (
     split_dataset,
 )
 from hpsearch.errors import DataError
+from hpsearch.progress import PROGRESS_ENV
 
 CLASSES = ("cat", "dog", "frog")
 
@@ -330,6 +334,44 @@ def test_cifar10_image_folder_gets_official_labels(
     assert "not the official 50000 and 10000" in caplog.text
     cached = load_dataset("cifar10", source, cache_dir=tmp_path / "cache")  # from the cache
     assert cached.fingerprint() == dataset.fingerprint() and cached.source == dataset.source
+
+
+def test_decoding_an_archive_says_how_far_it_is_in_plain_lines_off_a_terminal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.delenv(PROGRESS_ENV, raising=False)
+    monkeypatch.setattr(progress, "PLAIN_EVERY_S", 0.0)  # a line at every step, not every 5 s
+    archive = tar_reversed(make_cifar10_folder(tmp_path / "imgs"), tmp_path / "c.tar.gz")
+    load_dataset("cifar10", archive, cache_dir=tmp_path / "cache")
+    err = capsys.readouterr().err
+    assert re.search(r"^cifar10: read c\.tar\.gz: 0\.0 of 0\.0 MB \(\d+%, \d+s", err, re.M)
+    assert "cifar10: decoded 1 of 30 images (3%, 0s, about " in err
+    assert re.search(r"^cifar10: decoded 30 of 30 images \(100%, \d+s\)$", err, re.M)
+    assert err.count("decoded 30 of 30") == 1 and "%|" not in err  # no bar, no repeat
+    load_dataset("cifar10", archive, cache_dir=tmp_path / "cache")  # from the cache: silent
+    with progress.quiet_progress():  # a command's -q: silent
+        load_dataset("cifar10", archive, cache_dir=tmp_path / "other-cache")
+    assert capsys.readouterr().err == ""
+
+
+def test_decoding_an_archive_draws_bars_on_a_terminal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(PROGRESS_ENV, raising=False)
+    archive = tar_reversed(make_cifar10_folder(tmp_path / "imgs"), tmp_path / "c.tar.gz")
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    with open(slave, "w", encoding="utf-8") as terminal, monkeypatch.context() as patch:
+        patch.setattr(sys, "stderr", terminal)
+        load_dataset("cifar10", archive, cache_dir=tmp_path / "cache")
+        with progress.quiet_progress():
+            load_dataset("cifar10", archive, cache_dir=tmp_path / "other-cache")
+        terminal.flush()
+        shown = os.read(master, 1 << 16).decode()
+    os.close(master)
+    assert "cifar10: reading c.tar.gz: 100%|" in shown and "B/s]" in shown, shown
+    assert "cifar10: decoding: 100%|" in shown and "30/30 [00:00<00:00" in shown, shown
+    assert "image/s]" in shown and shown.count("cifar10: decoding:   0%|") == 1  # once, not -q
 
 
 def test_cifar10_image_folder_labels_follow_official_order_not_reader_order(

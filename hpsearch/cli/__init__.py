@@ -23,6 +23,7 @@ ENVIRONMENT = {
     "HPSEARCH_TRACEBACKS": "1: print full tracebacks of failed trials and errors",
     "HPSEARCH_FAILPOINT": "tests only: stop the process at a named point of a trial",
     "HPSEARCH_VERBOSE": "1: as --verbose",
+    "HPSEARCH_PROGRESS": "lines: plain progress lines, no bar, even on a terminal",
     "KERAS_BACKEND": "tensorflow (default) or jax",
 }
 

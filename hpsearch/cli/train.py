@@ -133,9 +133,11 @@ def _train(
     load_keras_quietly()
     say(f"loading {spec.dataset}" + (f" from {spec.data_dir}" if spec.data_dir else ""))
 
+    from hpsearch.progress import quiet_progress
     from hpsearch.trial import load_splits, tracked_trial
 
-    splits, fingerprint = load_splits(spec)
+    with quiet_progress(quiet):  # decoding an archive: no progress under -q
+        splits, fingerprint = load_splits(spec)
     say(
         f"train {len(splits.x_train)}, validation {len(splits.x_val)}, test {len(splits.x_test)}"
         f" images of {splits.input_shape}, {splits.num_classes} classes"
