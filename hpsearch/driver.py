@@ -327,7 +327,7 @@ def find_parent(study: optuna.Study, spec: StudyFile, storage_url: str, created:
         study.set_user_attr("searched", spec.searched_keys())
         study.set_user_attr("repeats", spec.repeats)
         study.set_user_attr("objective", spec.objective.metric)
-    link_project_run(parent.run_id)
+    link_project_run(parent, spec.name)
     return parent
 
 

@@ -857,12 +857,18 @@ class StudyRun:
                 run_id = None  # recorded on another tracking server: start a new parent
         if not run_id:
             exp_id = experiment_id(self.client, experiment)
-            run = self.client.create_run(exp_id, run_name=experiment,
-                                         tags={**context_tags(), **tags})  # fmt: skip
+            run = _project_run_in(self.client, exp_id)  # `mlflow run` made it: it is the parent
+            if run is None:
+                run = self.client.create_run(exp_id, run_name=experiment,
+                                             tags={**context_tags(), **tags})  # fmt: skip
+            given = run.data.params  # the project's parameters, when `mlflow run` made the run
+            resolved = {(f"resolved_{k}" if given.get(k, str(v)) != str(v) else k): str(v)
+                        for k, v in params.items()}  # fmt: skip
             self.client.log_batch(
                 run.info.run_id,
-                params=[Param(k, str(v)) for k, v in params.items()],
-                tags=[RunTag("hpsearch.role", "study")],
+                params=[Param(k, v) for k, v in resolved.items() if given.get(k) != v],
+                tags=[RunTag(k, v) for k, v in {**tags, "mlflow.runName": experiment}.items()]
+                + [RunTag("hpsearch.role", "study")],
             )
         self.run_id: str = run.info.run_id
         self.experiment_id: str = run.info.experiment_id
@@ -885,13 +891,35 @@ class StudyRun:
         _close(self.client, self.run_id, status, {})
 
 
-def link_project_run(study_run_id: str) -> None:
-    """Under ``mlflow run``, point the run MLflow Projects made at the study's parent run."""
-    project_run = os.environ.get("MLFLOW_RUN_ID")
-    if project_run and project_run != study_run_id:
-        from mlflow import MlflowClient
+def _project_run_in(client: MlflowClient, exp_id: str):
+    """The run ``mlflow run`` made for this process (``$MLFLOW_RUN_ID``), if it is in ``exp_id``."""
+    from mlflow.exceptions import MlflowException
 
-        MlflowClient().set_tag(project_run, "hpsearch.study_parent_run_id", study_run_id)
+    project_run = os.environ.get("MLFLOW_RUN_ID")
+    if not project_run:
+        return None
+    try:
+        run = client.get_run(project_run)
+    except MlflowException:
+        return None
+    return run if run.info.experiment_id == exp_id else None
+
+
+def link_project_run(study: StudyRun, name: str) -> None:
+    """Under ``mlflow run`` into another experiment (or for a study made earlier), link the run
+    MLflow Projects made and the study's parent run both ways, with a note that says where
+    the trials are and how to make the project run the parent itself."""
+    project_run = os.environ.get("MLFLOW_RUN_ID")
+    if not project_run or project_run == study.run_id:
+        return
+    client = study.client
+    client.set_tag(study.run_id, "hpsearch.project_run_id", project_run)
+    client.set_tag(project_run, "hpsearch.study_parent_run_id", study.run_id)
+    client.set_tag(project_run, "mlflow.note.content", (
+        f"This `mlflow run` ran the hpsearch study **{name}**. Its parent run and its trials "
+        f"are in the experiment `{name}`: {where_to_look(study.experiment_id, study.run_id)}. "
+        f"With `mlflow run ... --experiment-name {name}` this run is the study's parent run "
+        "itself (for a new study)."))  # fmt: skip
 
 
 @dataclass(frozen=True)
