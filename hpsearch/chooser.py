@@ -206,11 +206,13 @@ def finalize(
     """Retrain on training + validation data, evaluate once on the test set, log, register."""
     from hpsearch.builder import inference_network, tested_model
     from hpsearch.export import model_metadata, save_model
+    from hpsearch.progress import quiet_progress
     from hpsearch.runner import train_final
     from hpsearch.trial import load_splits
 
     config, spec = combination.config, combination.data
-    splits, fingerprint = load_splits(spec)
+    with quiet_progress(verbose == 0):  # decoding an archive: no progress under -q
+        splits, fingerprint = load_splits(spec)
     lineage = {
         "hpsearch.studies": ",".join(dict.fromkeys(b.study for b in combination.winners)),
         "hpsearch.trials": ",".join(f"{b.study}#{b.number}" for b in combination.winners),
@@ -291,10 +293,12 @@ def selection_epochs(
     combination: Combination, experiment: str, echo: Callable[[str], None], verbose: int
 ) -> int:
     """Epochs for the final fit: early stopping on the validation split, as in a trial."""
+    from hpsearch.progress import quiet_progress
     from hpsearch.tracking import TrialRun
     from hpsearch.trial import load_splits, tracked_trial
 
-    splits, fingerprint = load_splits(combination.data)
+    with quiet_progress(verbose == 0):  # decoding an archive: no progress under -q
+        splits, fingerprint = load_splits(combination.data)
     echo(f"choosing the epoch count: up to {combination.config.epochs} epochs, early stopping")
     with TrialRun(experiment, "epoch-selection", {"hpsearch.command": "combine"}) as run:
         result = tracked_trial(
