@@ -81,7 +81,8 @@ class StudyProgress:
         elif trial.state == TrialState.FAIL:
             outcome += f" ({trial.user_attrs.get('fail_reason', 'unknown')})"
         elif trial.state == TrialState.PRUNED:
-            outcome += f" after epoch {trial.last_step}"  # steps are epochs trained
+            step = trial.last_step  # steps are epochs trained; none: pruned before the first
+            outcome += f" after epoch {step}" if step is not None else " before its first epoch"
         seconds = (trial.datetime_complete - trial.datetime_start).total_seconds()
         done = self._done(counts)
         of = f"/{self.target}" if self.target else ""
