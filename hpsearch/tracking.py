@@ -725,7 +725,7 @@ def _finish_entry(
         if not curves.exists() and manifest.get("history"):
             from hpsearch.plots import save_training_curves
 
-            save_training_curves(manifest["history"], curves)
+            save_training_curves(manifest["history"], curves, int(manifest.get("best_epoch", 0)))
         if validation is not None and manifest.get("data") == validation.key():
             _remake_from_model(artifacts, validation, int(manifest.get("best_epoch", 0)))
         now = int(time.time() * 1000)
@@ -1025,7 +1025,8 @@ class _TrialArtifacts:
             folder / "confusion_matrix.png",
             title=f"validation (best epoch {self.best_epoch})",
         )
-        curves = submit(save_training_curves, self.history, folder / "training_curves.png")
+        curves = submit(save_training_curves, self.history, folder / "training_curves.png",
+                        self.best_epoch)  # fmt: skip
         summary = io.StringIO()
         self.model.summary(print_fn=lambda line, **_: summary.write(line + "\n"))
         (folder / "model_summary.txt").write_text(summary.getvalue())
