@@ -10,11 +10,22 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
+from matplotlib import colormaps as plt_colormaps  # noqa: E402
+from matplotlib.cm import ScalarMappable  # noqa: E402
+from matplotlib.colors import Normalize  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
 from hpsearch.config import TrialConfig  # noqa: E402
+from hpsearch.plots import (  # noqa: E402
+    KEPT_MARKER,
+    STATE_STYLE,
+    integer_epochs,
+    shorten_settings,
+    state_handles,
+    wrap,
+)
 from hpsearch.reference import reference_accuracy  # noqa: E402
 from hpsearch.repeats import config_key, mean_sd  # noqa: E402
 from hpsearch.tracking import metric_history, run_metrics  # noqa: E402
@@ -33,6 +44,7 @@ class Row:
     run_id: str | None
     repeat: int = 0
     config_key: str = ""
+    best_epoch: int | None = None  # the epoch whose weights were kept (completed trials)
 
 
 def param_text(key: str, value: object) -> str:
@@ -101,7 +113,8 @@ def rows_of(study: optuna.Study) -> list[Row]:
         test = attrs.get("test_accuracy", metrics.get("test_accuracy"))
         rows.append(Row(trial.number, setting_of(trial, searched), trial.state.name.lower(),
                         value, test, epochs, wall, reference, run_id, attrs.get("repeat", 0),
-                        config_key(config) if config else f"trial {trial.number}"))  # fmt: skip
+                        config_key(config) if config else f"trial {trial.number}",
+                        attrs.get("best_epoch")))  # fmt: skip
     return rows
 
 
@@ -176,49 +189,100 @@ def _setting_order(setting: str) -> list[tuple[str, float, str]]:
     return order
 
 
-def save_validation_curves(rows: list[Row], path: Path, title: str = "") -> Path:
-    """Validation accuracy per epoch of every trial (the study's curves, from our runs)."""
-    from matplotlib.ticker import MaxNLocator
+MANY_TRIALS = 12  # more lines than this: coloured by trial number, with a colour bar
 
+
+def validation_curves_figure(rows: list[Row], title: str = "") -> Figure:
+    """Validation accuracy per epoch of every trial (the study's curves, from our runs).
+
+    Completed, pruned and failed trials are drawn in different line styles and
+    markers; a star marks the epoch whose weights a completed trial kept. Up to
+    :data:`MANY_TRIALS` trials each have a legend entry with their setting, more
+    are coloured by trial number, with a colour bar.
+    """
     drawn = [(row, metric_history(row.run_id, "val_accuracy") if row.run_id else [])
              for row in rows]  # fmt: skip
     drawn = [(row, values) for row, values in drawn if values]
-    fig, ax = plt.subplots(figsize=(11, max(4.5, 0.22 * len(drawn) + 1.5)))
-    for row, values in drawn:
-        style = "-" if row.state == "complete" else ":"
-        ax.plot(range(1, len(values) + 1), values, style, marker=".",
-                label=f"#{row.number} {row.setting or '(fixed)'}"
-                + ("" if row.state == "complete" else f" ({row.state})"))  # fmt: skip
+    many = len(drawn) > MANY_TRIALS
+    labels, key = shorten_settings([row.setting or "(fixed)" for row, _ in drawn])
+    lines = sum(label.count("\n") + 1 for label in labels) + key.count("\n") + 1
+    height = 4.5 if many else max(4.5, 0.2 * lines + 2.0)
+    fig = Figure(figsize=(11, height), dpi=100, layout="constrained")
+    ax = fig.subplots()
+    colours = plt_colormaps["viridis"]
+    numbers = [row.number for row, _ in drawn] or [0]
+    norm = Normalize(min(numbers), max(max(numbers), min(numbers) + 1))
+    trial_lines = []
+    for (row, values), label in zip(drawn, labels, strict=True):
+        style = STATE_STYLE.get(row.state, STATE_STYLE["failed"])
+        line = ax.plot(range(1, len(values) + 1), values, **style,
+                       color=colours(norm(row.number)) if many else None,
+                       alpha=1.0 if row.state == "complete" else 0.75,
+                       label=f"#{row.number} {row.state}: {label}")[0]  # fmt: skip
+        kept = row.best_epoch if row.state == "complete" else None
+        if kept and 1 <= kept <= len(values):
+            ax.plot([kept], [values[kept - 1]], zorder=4, **KEPT_MARKER)
+        line.set_zorder(3 if row.state == "complete" else 2)
+        trial_lines.append(line)
     ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    integer_epochs(ax)
     ax.set_ylabel("validation accuracy")
-    ax.set_title(title or "Validation accuracy per epoch")
     ax.grid(alpha=0.3)
-    if ax.lines:
-        ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    fig.suptitle(wrap(title or "Validation accuracy per epoch, one line a trial", 100))
+    states = [s for s in STATE_STYLE if any(row.state == s for row, _ in drawn)]
+    fig.legend(handles=state_handles(states, kept=any(r.best_epoch for r, _ in drawn)),
+               loc="outside lower center", ncols=len(states) + 1, frameon=False,
+               fontsize="small")  # fmt: skip
+    if many:
+        fig.colorbar(ScalarMappable(norm, colours), ax=ax, label="trial number")
+    elif drawn:
+        ax.legend(handles=trial_lines, fontsize="x-small", loc="upper left",
+                  bbox_to_anchor=(1.01, 1.0), alignment="left", title_fontsize="x-small",
+                  title="trial, outcome: setting" + (f"\nkey: {key}" if key else ""))  # fmt: skip
+    return fig
+
+
+def save_validation_curves(rows: list[Row], path: Path, title: str = "") -> Path:
+    """:func:`validation_curves_figure`, saved to ``path``."""
+    validation_curves_figure(rows, title).savefig(path)
     return path
 
 
-def save_accuracy_by_setting(rows: list[Row], path: Path, title: str = "") -> Path:
-    """One bar per configuration: validation (mean of repeats), test dots, the reference."""
-    groups = [g for g in by_configuration(rows) if any(r.val_accuracy is not None for r in g)]
+def accuracy_by_setting_figure(rows: list[Row], title: str = "") -> Figure:
+    """One bar per configuration: validation (mean of its completed repeats), test dots,
+    the reference; pruned trials as crosses at the best validation accuracy they reached,
+    failed ones marked as such."""
+    groups = [g for g in by_configuration(rows)
+              if any(r.val_accuracy is not None or r.state == "failed" for r in g)]  # fmt: skip
     groups.sort(key=lambda g: _setting_order(g[0].setting))
-    fig, ax = plt.subplots(figsize=(10, max(3.0, 0.32 * len(groups) + 1.6)))
-    labels, val, test, reference = [], [], [], []
-    for i, group in enumerate(groups):
-        done = [r for r in group if r.val_accuracy is not None]
-        labels.append(f"{group[0].setting or '(fixed)'}"
-                      + (f"  (n={len(done)})" if len(done) > 1 else ""))  # fmt: skip
-        val.append(mean_sd([r.val_accuracy for r in done])[0])
+    settings, key = shorten_settings([g[0].setting or "(fixed)" for g in groups], width=56)
+    lines = sum(label.count("\n") + 1 for label in settings)
+    fig = Figure(figsize=(11, max(3.5, 0.26 * lines + 2.2)), dpi=100, layout="constrained")
+    ax = fig.subplots()
+    labels, val, test, reference, pruned, failed = [], [], [], [], [], []
+    for i, (group, setting) in enumerate(zip(groups, settings, strict=True)):
+        done = [r for r in group if r.state == "complete" and r.val_accuracy is not None]
+        labels.append(setting + (f"  (n={len(done)})" if len(done) > 1 else ""))
+        val.append(mean_sd([r.val_accuracy for r in done])[0] if done else 0.0)
         test += [(r.test_accuracy, i) for r in done if r.test_accuracy is not None]
+        pruned += [(r.val_accuracy, i) for r in group
+                   if r.state == "pruned" and r.val_accuracy is not None]  # fmt: skip
+        failed += [(r.val_accuracy or 0.0, i) for r in group if r.state == "failed"]
         if group[0].reference is not None:
             reference.append((group[0].reference / 100, i))
-    ax.barh(range(len(groups)), val, color="tab:blue", alpha=0.7, label="validation (mean)")
+    ax.barh(range(len(groups)), val, color="tab:blue", alpha=0.7,
+            label="validation, completed trials (mean)")  # fmt: skip
     if test:
         ax.scatter(*zip(*test, strict=True), color="black", zorder=3, s=14, label="test")
+    if pruned:
+        ax.scatter(*zip(*pruned, strict=True), marker="x", color="tab:orange", zorder=3, s=40,
+                   label="pruned trial (best validation before it stopped)")  # fmt: skip
+    if failed:  # those that failed before an epoch's validation at the axis, with a word
+        ax.scatter([max(x, 0.012) for x, _ in failed], [i for _, i in failed], marker="s", s=40,
+                   facecolors="none", edgecolors="tab:red", zorder=3, label="failed trial")
+        for x, i in failed:
+            if x == 0.0:
+                ax.text(0.03, i, "failed", color="tab:red", va="center", fontsize="small")
     if reference:
         ax.scatter(*zip(*reference, strict=True), marker="|", s=300, color="tab:red", zorder=3,
                    label="the study's test accuracy")  # fmt: skip
@@ -226,12 +290,20 @@ def save_accuracy_by_setting(rows: list[Row], path: Path, title: str = "") -> Pa
     ax.invert_yaxis()
     ax.set_xlabel("accuracy")
     ax.set_xlim(0, 1)
-    ax.set_title(title or "Accuracy by setting")
+    fig.suptitle(wrap(title or "Accuracy by setting", 100))
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    handles, names = ax.get_legend_handles_labels()
+    order = sorted(range(len(names)), key=lambda j: not names[j].startswith("validation"))
+    handles, names = [handles[j] for j in order], [names[j] for j in order]
+    fig.legend(handles, names, loc="outside lower center", ncols=min(4, len(handles)),
+               fontsize="small", frameon=False, title_fontsize="small",
+               title=wrap(f"settings' key: {key.replace(chr(10), ' ')}", 150) if key else None)
+    return fig
+
+
+def save_accuracy_by_setting(rows: list[Row], path: Path, title: str = "") -> Path:
+    """:func:`accuracy_by_setting_figure`, saved to ``path``."""
+    accuracy_by_setting_figure(rows, title).savefig(path)
     return path
 
 
