@@ -17,11 +17,12 @@ import matplotlib
 matplotlib.use("Agg")
 
 import keras  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 from sklearn.metrics import confusion_matrix, recall_score  # noqa: E402
 
 from hpsearch.builder import rewire  # noqa: E402
+from hpsearch.plots import wrap  # noqa: E402
 
 
 def per_class_accuracy(
@@ -70,11 +71,56 @@ def _show(ax, image: np.ndarray) -> None:
     ax.set_yticks([])
 
 
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
+def _save(fig: Figure, path: Path) -> Path:
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return Path(path)
+
+
+def _message(text: str, title: str) -> Figure:
+    fig = Figure(figsize=(5, 2), layout="constrained")
+    ax = fig.subplots()
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=12)
+    ax.set_axis_off()
+    fig.suptitle(title)
+    return fig
+
+
+def misclassified_figure(
+    images: np.ndarray,
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    probabilities: np.ndarray,
+    class_names: Sequence[str],
+    limit: int = 25,
+) -> Figure:
+    """A grid of up to ``limit`` misclassified images, titled ``true -> pred (p=0.87)``.
+
+    ``p`` is the model's probability for the (wrong) predicted class. With no
+    misclassified image the figure says so.
+    """
+    y_true, y_pred = np.asarray(y_true).ravel(), np.asarray(y_pred).ravel()
+    every = np.flatnonzero(y_true != y_pred)
+    wrong = every[: max(limit, 0)]
+    if wrong.size == 0:
+        return _message("No misclassified images", f"Misclassified images: none of {y_true.size}")
+    cols = math.ceil(math.sqrt(wrong.size))
+    rows = math.ceil(wrong.size / cols)
+    fig = Figure(figsize=(max(2.2 * cols, 5.0), 2.4 * rows + 0.7), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    for ax, i in zip(axes.ravel(), wrong, strict=False):
+        ax.set_axis_on()
+        _show(ax, images[i])
+        p = float(probabilities[i, y_pred[i]])
+        ax.set_title(
+            f"{class_names[y_true[i]]} -> {class_names[y_pred[i]]} (p={p:.2f})", fontsize=8
+        )
+    shown = "" if wrong.size == every.size else f", the first {wrong.size} shown"
+    fig.suptitle(wrap(f"Misclassified images: {every.size} of {y_true.size}{shown}; true class "
+                      "-> predicted class (p: the model's probability for its prediction)",
+                      int(12 * max(2.2 * cols, 5.0))))  # fmt: skip
+    return fig
 
 
 def save_misclassified_gallery(
@@ -86,31 +132,9 @@ def save_misclassified_gallery(
     path: Path,
     limit: int = 25,
 ) -> Path:
-    """A grid of up to ``limit`` misclassified images, titled ``true -> pred (p=0.87)``.
-
-    ``p`` is the model's probability for the (wrong) predicted class. With no
-    misclassified image the figure says so.
-    """
-    y_true, y_pred = np.asarray(y_true).ravel(), np.asarray(y_pred).ravel()
-    wrong = np.flatnonzero(y_true != y_pred)[: max(limit, 0)]
-    if wrong.size == 0:
-        fig, ax = plt.subplots(figsize=(4, 2))
-        ax.text(0.5, 0.5, "No misclassified images", ha="center", va="center", fontsize=12)
-        ax.set_axis_off()
-        return _save(fig, path)
-    cols = math.ceil(math.sqrt(wrong.size))
-    rows = math.ceil(wrong.size / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.4 * rows), squeeze=False)
-    for ax in axes.ravel():
-        ax.set_axis_off()
-    for ax, i in zip(axes.ravel(), wrong, strict=False):
-        ax.set_axis_on()
-        _show(ax, images[i])
-        p = float(probabilities[i, y_pred[i]])
-        ax.set_title(
-            f"{class_names[y_true[i]]} -> {class_names[y_pred[i]]} (p={p:.2f})", fontsize=8
-        )
-    return _save(fig, path)
+    """:func:`misclassified_figure`, saved to ``path``."""
+    figure = misclassified_figure(images, y_true, y_pred, probabilities, class_names, limit)
+    return _save(figure, path)
 
 
 GLOBAL_POOLS = (keras.layers.GlobalMaxPooling2D, keras.layers.GlobalAveragePooling2D)
@@ -244,6 +268,47 @@ def grad_cam(
     return np.clip(keras.ops.convert_to_numpy(resized)[..., 0], 0.0, 1.0).astype(np.float32)
 
 
+CAM_PAIRS_A_ROW = 4  # image and overlay side by side, this many pairs a row
+
+
+def grad_cam_figure(
+    images: np.ndarray,
+    heatmaps: np.ndarray,
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    class_names: Sequence[str],
+) -> Figure:
+    """Each image beside its heatmap overlaid on it (jet, alpha 0.5), with a colour bar;
+    the pairs whose prediction is wrong are titled in red."""
+    y_true, y_pred = np.asarray(y_true).ravel(), np.asarray(y_pred).ravel()
+    n = len(images)
+    if n == 0:
+        return _message("No images", "Grad-CAM: no images")
+    per_row = min(n, CAM_PAIRS_A_ROW)
+    rows = math.ceil(n / per_row)
+    fig = Figure(figsize=(2.3 * per_row * 2 + 1.2, 2.5 * rows + 0.8), layout="constrained")
+    axes = fig.subplots(rows, 2 * per_row, squeeze=False)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    overlay = None
+    for i in range(n):
+        row, col = divmod(i, per_row)
+        left, right = axes[row, 2 * col], axes[row, 2 * col + 1]
+        wrong = y_true[i] != y_pred[i]
+        colour = "tab:red" if wrong else "black"
+        for ax in (left, right):
+            ax.set_axis_on()
+            _show(ax, images[i])
+        overlay = right.imshow(heatmaps[i], cmap="jet", alpha=0.5, vmin=0.0, vmax=1.0)
+        left.set_title(f"true {class_names[y_true[i]]}\npred {class_names[y_pred[i]]}"
+                       + (" (wrong)" if wrong else ""), fontsize=8, color=colour)  # fmt: skip
+        right.set_title("Grad-CAM of\nthe prediction", fontsize=8, color=colour)
+    fig.colorbar(overlay, ax=axes, shrink=0.8, label="Grad-CAM (1: the image's strongest)")
+    fig.suptitle("Grad-CAM: where in each image the network found the evidence for the class "
+                 "it predicted")  # fmt: skip
+    return fig
+
+
 def save_grad_cam(
     images: np.ndarray,
     heatmaps: np.ndarray,
@@ -252,20 +317,5 @@ def save_grad_cam(
     class_names: Sequence[str],
     path: Path,
 ) -> Path:
-    """One row per image: the image, and the heatmap overlaid on it (jet, alpha 0.5)."""
-    y_true, y_pred = np.asarray(y_true).ravel(), np.asarray(y_pred).ravel()
-    n = len(images)
-    if n == 0:
-        fig, ax = plt.subplots(figsize=(4, 2))
-        ax.text(0.5, 0.5, "No images", ha="center", va="center", fontsize=12)
-        ax.set_axis_off()
-        return _save(fig, path)
-    fig, axes = plt.subplots(n, 2, figsize=(5, 2.5 * n), squeeze=False)
-    for i, (left, right) in enumerate(axes):
-        title = f"true {class_names[y_true[i]]}, pred {class_names[y_pred[i]]}"
-        _show(left, images[i])
-        left.set_title(title, fontsize=8)
-        _show(right, images[i])
-        right.imshow(heatmaps[i], cmap="jet", alpha=0.5, vmin=0.0, vmax=1.0)
-        right.set_title(f"Grad-CAM: {title}", fontsize=8)
-    return _save(fig, path)
+    """:func:`grad_cam_figure`, saved to ``path``."""
+    return _save(grad_cam_figure(images, heatmaps, y_true, y_pred, class_names), path)

@@ -240,16 +240,16 @@ def markdown(rows: list[NumberRow], findings: list, scale: Scale, names: dict[st
     return "\n".join(lines) + "\n"
 
 
-def save_numbers_figure(rows: list[NumberRow], path: Path, title: str) -> Path:
-    import matplotlib
+def numbers_figure(rows: list[NumberRow], title: str):
+    """The study's test accuracies, its tolerance band and ours (mean ± sd) per number."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(10, 5.5))
+    fig = Figure(figsize=(10, max(3.5, 0.4 * len(rows) + 1.6)), dpi=100, layout="constrained")
+    ax = fig.subplots()
     ys = range(len(rows))
     ax.scatter([r.number.test_accuracy for r in rows], ys, marker="|", s=300, color="tab:red",
-               label="study", zorder=3)  # fmt: skip
+               label="the study's number", zorder=3)  # fmt: skip
     measured = [(i, r) for i, r in enumerate(rows) if r.mean is not None]
     if measured:
         ax.errorbar([100 * r.mean for _, r in measured], [i for i, _ in measured],
@@ -259,16 +259,26 @@ def save_numbers_figure(rows: list[NumberRow], path: Path, title: str) -> Path:
         ax.fill_betweenx([i - 0.3, i + 0.3], r.number.test_accuracy - r.number.tolerance,
                          r.number.test_accuracy + r.number.tolerance, color="tab:red",
                          alpha=0.12, linewidth=0)  # fmt: skip
+        if r.mean is None:
+            ax.annotate("not measured", (r.number.test_accuracy + r.number.tolerance, i),
+                        xytext=(6, 0), textcoords="offset points", va="center",
+                        fontsize="small", color="0.4")  # fmt: skip
     ax.set_yticks(list(ys), [f"{r.number.study}: {r.number.label}" for r in rows],
                   fontsize="small")  # fmt: skip
     ax.invert_yaxis()
-    ax.set_xlabel("CIFAR-10 test accuracy (%); shaded: the tolerance")
-    ax.set_title(title)
+    ax.set_xlabel("CIFAR-10 test accuracy (%)")
+    fig.suptitle(title)
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    handles, labels = ax.get_legend_handles_labels()
+    handles.append(Patch(color="tab:red", alpha=0.12, linewidth=0))
+    labels.append("tolerance (reproduced)")
+    ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+    return fig
+
+
+def save_numbers_figure(rows: list[NumberRow], path: Path, title: str) -> Path:
+    """:func:`numbers_figure`, saved to ``path``."""
+    numbers_figure(rows, title).savefig(path)
     return path
 
 
