@@ -4,7 +4,7 @@ Every engine runs the same study (the same space, fixed settings, seeds and fixe
 subset) for ``--epochs-budget`` training epochs: ``budget // epochs`` trials of ``epochs``
 epochs each (early stopping is off, so each trial trains all its epochs). The table gives, per
 engine and sampler, the trials run, the epochs actually trained, the best validation accuracy
-and the wall time; it is printed and appended to RESULTS.md.
+and the wall time; it is printed and appended to results-history.jsonl.
 
     python benchmarks/engines.py --limit 1000 --epochs 4 --epochs-budget 16
     python benchmarks/engines.py --runs optuna:tpe,keras_tuner:bayesian,keras_tuner:hyperband

@@ -5,7 +5,7 @@ by side in one run: each process builds the network as hpsearch does, trains on 
 CIFAR-sized images, compiles first, then waits at a barrier so that the timed steps of all N
 overlap; aggregate = all images trained / (last end - first start). Each worker gets the
 environment `hpsearch search --workers N` gives it (its share of the GPU's memory). Writes
-packing.json and packing.md to --output ($OUT if set) and appends the table to RESULTS.md.
+packing.json and packing.md to --output ($OUT if set) and appends the table to the results history.
 
     KERAS_BACKEND=jax python benchmarks/gpu_packing.py                     # on a GPU
     KERAS_BACKEND=jax python benchmarks/gpu_packing.py --workers 1 2 --steps 20 --batch 64
