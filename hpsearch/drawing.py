@@ -1,5 +1,7 @@
 """A drawing process: a study's per-trial figures drawn outside the training process.
 
+Not concurrent.futures: its workers import the training script, TensorFlow too (9-27 s, not 2-7).
+
 Drawn in the training process (on the upload thread, while the next trial
 trains), a trial's two figures cost that process about 0.2 s of Python work
 holding the interpreter lock that the training loop also needs, and leave
