@@ -175,6 +175,7 @@ def test_grad_cam_matches_the_closed_form_computed_by_hand():
     assert np.all(high.min(axis=(1, 2)) >= expected.min(axis=(1, 2)) - 1e-5)
 
 
+@pytest.mark.slow
 def test_grad_cam_of_a_global_pooling_head_is_the_class_weighted_last_feature_map():
     # resnet9: residual blocks, then global max pooling straight into the Dense
     config = make_config({"architecture": "resnet9", "batch_norm": "before", "dropout": 0.2})
@@ -236,6 +237,7 @@ def test_grad_cam_rejects_a_non_linear_head():
         grad_cam(model, images(1, (8, 8, 1)))
 
 
+@pytest.mark.slow
 def test_grad_cam_runs_on_the_jax_backend():
     run_under_jax(
         """

@@ -67,6 +67,7 @@ def test_gridmask_round_trips_through_config():
     assert (clone.ratio, clone.rate, clone.seed) == (0.4, 0.9, 3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("augmentation", ["standard+cutout+gridmask", "crop", "mixup+cutmix"])
 def test_inference_is_untouched_by_augmentation(augmentation):
     plain = build_network(make_config({"seed": 4}), SHAPE, 10)

@@ -19,6 +19,7 @@ space: {batch_norm: {choices: [none, before]}}
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_a_search_with_an_empty_data_dir_exits_2_and_creates_no_study(workers, tmp_path):
     study = tmp_path / "empty-data.yaml"
@@ -40,6 +41,7 @@ def test_a_search_with_an_empty_data_dir_exits_2_and_creates_no_study(workers, t
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "empty-data.yaml"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", [["best", "--study", "nope"], ["report", "nope"]])
 def test_best_and_report_on_a_missing_study_exit_2_and_leave_no_storage_file(args, tmp_path):
     done = subprocess.run(command(*args), capture_output=True, text=True, timeout=300,

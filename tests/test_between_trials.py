@@ -29,6 +29,7 @@ def _live_graphs() -> int:
     return sum(isinstance(o, FuncGraph) for o in gc.get_objects())
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="a TensorFlow leak")
 def test_trials_in_one_process_do_not_pile_up_graphs():
     splits, _ = load_splits(DataSpec(dataset="digits", limit=200))
@@ -42,6 +43,7 @@ def test_trials_in_one_process_do_not_pile_up_graphs():
     assert counts[-1] <= counts[0], counts
 
 
+@pytest.mark.slow
 def test_a_trial_repeated_after_others_in_the_same_process_trains_the_same():
     """What one trial leaves in the process (kept caches, name counters) changes no result."""
     splits, _ = load_splits(DataSpec(dataset="digits", limit=200))
@@ -56,6 +58,7 @@ def test_a_trial_repeated_after_others_in_the_same_process_trains_the_same():
     assert histories[2] == histories[0]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="TensorFlow's seed")
 def test_seeding_a_trial_sets_tensorflows_seed_as_set_seed_does_but_keeps_its_kernels():
     import tensorflow as tf
@@ -122,6 +125,7 @@ def test_held_uploads_wait_for_go_and_drain_lets_them_run():
     assert done == ["held", "second", "third"]
 
 
+@pytest.mark.slow
 def test_every_trial_run_is_closed_with_its_artifacts_after_the_search(stores, caplog):
     storage, client = stores
     spec = parse_study(
@@ -156,6 +160,7 @@ def test_every_trial_run_is_closed_with_its_artifacts_after_the_search(stores, c
     assert accuracy == pytest.approx(logged, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_a_dead_workers_finished_trial_whose_run_was_left_open_gets_closed(stores):
     storage, client = stores
     experiment = client.create_experiment("orphans")

@@ -43,6 +43,7 @@ def test_architectures_have_the_reference_convolutions(architecture, filters):
     assert model.layers[-1].activation.__name__ == "softmax"
 
 
+@pytest.mark.slow
 def test_resnet9_is_a_stem_three_pooled_blocks_two_residual_pairs_and_a_global_pool():
     model = network(architecture="resnet9", batch_norm="before", dropout="0.1/0.2/0.3")
     convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
@@ -82,6 +83,7 @@ def test_a_network_without_augmentation_exports_its_own_graph_uncompiled(tmp_pat
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("architecture", ["baseline2", "resnet9"])
 def test_inference_model_drops_augmentation_and_keeps_the_trained_weights(tmp_path, architecture):
     config = make_config({"architecture": architecture, "augmentation": "standard+crop+cutout",
@@ -102,6 +104,7 @@ def test_inference_model_drops_augmentation_and_keeps_the_trained_weights(tmp_pa
     np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_test_time_flip_exports_the_mean_over_each_image_and_its_mirror(tmp_path):
     config = make_config({"architecture": "baseline2", "augmentation": "standard",
                           "batch_norm": "before", "test_time_flip": True})  # fmt: skip
@@ -329,6 +332,7 @@ def test_cosine_schedule_warms_up_linearly_from_zero_then_decays(warmup, rates):
         assert float(optimizer.learning_rate) == pytest.approx(rate, abs=1e-6), step
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
 def test_fit_creates_no_variables_the_built_model_lacks(precision):
     """Optimizer and metric state exist before fit (else TensorFlow traces each step twice)."""
@@ -363,6 +367,7 @@ def test_label_smoothing_moves_the_training_targets_off_one_hot():
     assert float(smoothed.loss(labels, confident)) == pytest.approx(expected, rel=1e-3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("architecture", ["baseline1", "resnet9"])
 def test_logit_scale_multiplies_the_logits_and_adds_no_weights(architecture):
     def probabilities(scale: float) -> tuple[np.ndarray, int]:
@@ -380,6 +385,7 @@ def test_logit_scale_multiplies_the_logits_and_adds_no_weights(architecture):
     assert scaled.max(axis=1).mean() < plain.max(axis=1).mean()  # less confident at the start
 
 
+@pytest.mark.slow
 def test_grad_cam_reads_a_network_with_a_logit_scale():
     from hpsearch.analysis import grad_cam
 
@@ -389,6 +395,7 @@ def test_grad_cam_reads_a_network_with_a_logit_scale():
         assert heatmaps.shape[0] == 2 and np.isfinite(heatmaps).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("placement", ["before", "after"])
 def test_batch_norm_momentum_is_applied(placement):
     default = network(batch_norm=placement).get_layer("block1_1_bn")
@@ -403,6 +410,7 @@ def test_batch_norm_momentum_is_applied(placement):
     np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.moving_mean), 0.5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_mirror_average_runs_on_the_jax_backend():
     run_under_jax(
         """

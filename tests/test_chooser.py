@@ -27,6 +27,8 @@ from hpsearch.export import read_metadata
 from hpsearch.report import write_report
 from hpsearch.study import parse_study
 
+pytestmark = pytest.mark.slow  # trains studies (module fixture); the real CLI, an MLflow server
+
 DATA = {"dataset": "digits", "limit": 150}
 FIXED = {"architecture": "baseline1", "epochs": 2, "batch_size": 32}
 

@@ -478,6 +478,7 @@ def test_cifar10_offline_message_says_what_to_do(
     assert "\n" not in message and "more" not in message
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not SHARED_CIFAR10.is_file(), reason=f"no {SHARED_CIFAR10}")
 def test_shared_cifar10_jpeg_copy_loads_in_full(
     tmp_path: Path, caplog: pytest.LogCaptureFixture

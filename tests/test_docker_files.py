@@ -382,6 +382,7 @@ def test_worker_reserves_a_gpu_waits_for_mlflow_and_scales(services):
     assert "container_name" not in worker and "ports" not in worker
 
 
+@pytest.mark.slow
 def test_worker_reaches_the_mlflow_server(services):
     worker_env = as_env(services["worker"]["environment"])
     tracking = urlsplit(worker_env["MLFLOW_TRACKING_URI"])

@@ -65,6 +65,7 @@ def broken_copy(source: Path, folder: Path, old: str, new: str) -> Path:
 # --- Compose ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_check_jsonschema_accepts_the_compose_file_and_rejects_a_typo(tmp_path):
     result = tool("check_jsonschema", "--builtin-schema", "vendor.compose-spec", str(COMPOSE))
     assert result.returncode == 0, result.stdout + result.stderr
@@ -326,6 +327,7 @@ except Exception as error:
 """
 
 
+@pytest.mark.slow
 def test_initdb_script_makes_one_user_per_database_on_a_real_server(postgres_server):
     server = postgres_server
     files = {

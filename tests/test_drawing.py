@@ -31,6 +31,7 @@ def drawer():
     process.close()
 
 
+@pytest.mark.slow
 def test_figures_drawn_in_the_child_match_those_drawn_in_process(drawer, tmp_path):
     labels = np.arange(200) % 10
     predicted = np.where(np.arange(200) % 7 == 0, (labels + 1) % 10, labels)
@@ -64,6 +65,7 @@ def test_the_child_is_reused_started_in_its_own_session_and_ended_by_close(drawe
     assert drawer.draw(os.getpid) == os.getpid()  # after close: drawn here
 
 
+@pytest.mark.slow
 def test_an_error_in_the_drawing_is_raised_in_the_caller(drawer, tmp_path):
     with pytest.raises(FileNotFoundError):
         drawer.draw(save_training_curves, HISTORY, tmp_path / "missing" / "c.png")
@@ -80,6 +82,7 @@ def test_a_dead_child_falls_back_to_drawing_in_process_with_a_warning(drawer, tm
     assert drawer.draw(os.getpid) == os.getpid()
 
 
+@pytest.mark.slow
 def test_submitted_drawings_run_in_the_child_while_the_caller_goes_on(drawer, tmp_path):
     drawer.draw(os.getpid)  # the child started
     started = time.perf_counter()

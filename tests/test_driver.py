@@ -7,6 +7,7 @@ import math
 
 import keras
 import optuna
+import pytest
 from conftest import parents_and_children
 from optuna.trial import TrialState
 
@@ -23,6 +24,7 @@ def tiny_study(name: str, **settings) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_grid_study_enumerates_exactly_its_grid(stores):
     storage, client = stores
     spec = parse_study(
@@ -64,6 +66,7 @@ class Explode(keras.callbacks.Callback):
         raise RuntimeError("simulated crash inside training")
 
 
+@pytest.mark.slow
 def test_nan_and_raising_trials_fail_with_reason_and_the_study_goes_on(stores):
     storage, client = stores
     spec = parse_study(
@@ -93,6 +96,7 @@ def test_nan_and_raising_trials_fail_with_reason_and_the_study_goes_on(stores):
     assert all(c.info.status != "RUNNING" for c in children)
 
 
+@pytest.mark.slow
 def test_a_study_whose_every_trial_fails_stops_instead_of_looping(stores):
     storage, _ = stores
     spec = parse_study(tiny_study("doomed", sampler={"type": "random"}, n_trials=20), "d.yaml")
@@ -103,6 +107,7 @@ def test_a_study_whose_every_trial_fails_stops_instead_of_looping(stores):
     assert "5 trials in a row failed" in lines[-1]
 
 
+@pytest.mark.slow
 def test_pruned_study_prunes_and_saves_epochs(stores):
     storage, client = stores
     settings = dict(
@@ -149,6 +154,7 @@ def test_sqlite_storage_writes_ahead_and_a_second_worker_reads_while_it_writes(t
         assert plain.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+@pytest.mark.slow
 def test_ctrl_c_after_the_run_closed_but_before_optuna_recorded_the_trial(stores, monkeypatch):
     from hpsearch import driver
 

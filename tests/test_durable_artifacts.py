@@ -25,6 +25,8 @@ from hpsearch.tracking import TrialRun, finish_spooled_uploads
 from hpsearch.trial import load_splits, tracked_trial
 from hpsearch.uploads import Uploader
 
+pytestmark = pytest.mark.slow  # real workers killed after training, an MLflow server
+
 TINY = {"dataset": "digits", "limit": 100}
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import command, environment, free_port
 
+pytestmark = pytest.mark.slow  # times the real CLI against TensorFlow's import, in processes
+
 STUDY = str(Path(__file__).resolve().parents[1] / "studies" / "smoke.yaml")
 NATIVE_LINES = ("absl::InitializeLog", "oneDNN", "cuInit", "cudart_stub")
 

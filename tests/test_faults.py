@@ -25,6 +25,8 @@ from optuna.trial import TrialState
 
 from hpsearch.failpoints import ENV, POINTS
 
+pytestmark = pytest.mark.slow  # real workers killed mid-trial, a real MLflow server
+
 GRID = [12, 16, 24, 32]  # batch sizes: the study's configurations, each to be run once
 STUDY = """\
     name: {name}

@@ -68,6 +68,7 @@ def test_jax_requirements_agree_with_pyproject():
     assert {"mlflow-skinny", "sqlalchemy", "alembic"} <= set(jax)
 
 
+@pytest.mark.slow
 def test_jax_search_loads_no_tensorflow(tmp_path):
     """A search on KERAS_BACKEND=jax, where TensorFlow is installed, loads none of it."""
     (tmp_path / "tiny.yaml").write_text(TINY_STUDY.replace("n_trials: 2", "n_trials: 1"))

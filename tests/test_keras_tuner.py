@@ -20,6 +20,8 @@ from mlflow import MlflowClient
 from hpsearch.config import DataSpec, TrialConfig
 from hpsearch.study import parse_study
 
+pytestmark = pytest.mark.slow  # the real CLI trains studies against a real MLflow server
+
 STUDY = """\
 name: {name}
 {engine}objective: {{metric: best_val_accuracy, direction: maximize}}

@@ -12,6 +12,7 @@ import subprocess
 import textwrap
 
 import optuna
+import pytest
 from conftest import command, environment, parents_and_children
 from mlflow import MlflowClient
 from optuna.trial import TrialState
@@ -46,6 +47,7 @@ def test_a_local_worker_is_lost_when_its_process_is_gone_or_its_pid_was_reused()
         alive.wait()
 
 
+@pytest.mark.slow
 def test_a_rerun_right_after_kill_9_runs_the_lost_trial_again_and_reaches_the_total(tmp_path):
     study_file = tmp_path / "lost.yaml"
     study_file.write_text(textwrap.dedent("""\
@@ -98,6 +100,7 @@ def test_a_rerun_right_after_kill_9_runs_the_lost_trial_again_and_reaches_the_to
     assert len(children) == 4  # 3 completed, 1 lost
 
 
+@pytest.mark.slow
 def test_the_last_trial_running_elsewhere_is_waited_for_then_failed_as_lost_and_retried(stores):
     storage, _ = stores
     spec = parse_study(

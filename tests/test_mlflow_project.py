@@ -11,8 +11,11 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 from conftest import environment, parents_and_children
 from mlflow import MlflowClient
+
+pytestmark = pytest.mark.slow  # real mlflow run processes train a study
 
 ROOT = Path(__file__).resolve().parents[1]  # the checkout: its MLproject
 

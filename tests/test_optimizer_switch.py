@@ -69,6 +69,7 @@ def assert_same_weights(a: keras.Model, b: keras.Model, rtol=1e-6, atol=1e-7) ->
         np.testing.assert_allclose(mine, theirs, rtol=rtol, atol=atol)
 
 
+@pytest.mark.slow
 def test_switching_adam_updates_as_adam_before_the_switch(splits):
     optimizer = SwitchingAdam(learning_rate=2e-3)
     switching, _ = fitted(splits, optimizer, 2)
@@ -78,6 +79,7 @@ def test_switching_adam_updates_as_adam_before_the_switch(splits):
     assert_same_weights(switching, adam)
 
 
+@pytest.mark.slow
 def test_switch_to_sgd_switches_at_the_epoch_then_updates_as_sgd_with_momentum(splits, tmp_path):
     switch, history, switched, reference = adam_then_sgd(splits)
     assert switch.switched_epoch == 2 and history["sgd"] == [0.0, 1.0]
@@ -141,6 +143,7 @@ def test_switch_to_sgd_plateau_switches_after_patience_epochs_without_a_better_v
     assert switch.sgd_learning_rate == pytest.approx(1e-3)  # no Adam step: Adam's own rate
 
 
+@pytest.mark.slow
 def test_run_trial_with_an_epoch_switch_logs_sgds_rate_from_the_switch(splits):
     config = make_config({"architecture": "baseline1", "epochs": 3, "patience": 3, "batch_size": 64,
                           "optimizer_switch": "epoch", "switch_epoch": 2})  # fmt: skip
@@ -169,6 +172,7 @@ def test_build_optimizer_switches_only_when_asked_and_only_at_a_constant_rate():
         build_optimizer(cosine, 10)
 
 
+@pytest.mark.slow
 def test_switching_adam_runs_on_the_jax_backend():
     run_under_jax(
         """

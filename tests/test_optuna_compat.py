@@ -8,11 +8,13 @@ from __future__ import annotations
 import time
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
 from hpsearch.optuna_compat import grid_exhausted, stale_trial_ids, study_storage, trial_id
 
 
+@pytest.mark.slow
 def test_private_names_behave_as_hpsearch_assumes(tmp_path):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = optuna.storages.RDBStorage(

@@ -179,6 +179,7 @@ fixed: {architecture: baseline1, epochs: 2, batch_size: 32}
 """
 
 
+@pytest.mark.slow
 def test_a_search_on_a_terminal_draws_the_bar_and_keras_lines_stay_whole(tmp_path: Path):
     """The real command under a pseudo-terminal, per-epoch lines on (no -q)."""
     (tmp_path / "tty.yaml").write_text(STUDY)

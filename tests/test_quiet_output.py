@@ -9,10 +9,13 @@ import sys
 import textwrap
 
 import keras
+import pytest
 from conftest import environment
 
 from hpsearch.driver import WorkerOptions, run_search
 from hpsearch.study import parse_study
+
+pytestmark = pytest.mark.slow  # searches that train
 
 SCRIPT = """\
     import os, signal

@@ -25,6 +25,7 @@ def tiny(name: str, **settings) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_grid_runs_every_point_once_per_repeat_with_its_own_seed(stores, tmp_path):
     storage, client = stores
     spec = parse_study(tiny("points", sampler={"type": "grid"}, repeats=2, points=[
@@ -62,6 +63,7 @@ def test_grid_runs_every_point_once_per_repeat_with_its_own_seed(stores, tmp_pat
     }
 
 
+@pytest.mark.slow
 def test_other_samplers_repeat_a_configuration_by_enqueueing_it(stores):
     storage, _ = stores
     spec = parse_study(tiny("tpe", sampler={"type": "tpe", "seed": 1}, n_trials=2, repeats=2,

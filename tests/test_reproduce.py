@@ -37,6 +37,7 @@ def test_bad_input_exits_2_naming_the_key_and_writes_nothing(tmp_path, args, mes
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not ARCHIVE.is_file(), reason="../shared/data/cifar10-jpeg.tar.gz is absent")
 def test_quick_reproduction_writes_every_number_and_finding(tmp_path):
     started = time.monotonic()

@@ -6,8 +6,12 @@ from __future__ import annotations
 import subprocess
 import time
 
+import pytest
+
 from hpsearch.tracking import TrialRun, context_tags
 from hpsearch.uploads import Uploader
+
+pytestmark = pytest.mark.slow  # trials that train, on fresh SQLite MLflow stores
 
 
 def test_a_run_ends_when_its_trial_ends_not_when_its_uploads_do(stores):

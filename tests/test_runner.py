@@ -21,6 +21,7 @@ def splits():
     return load_splits(DataSpec(dataset="digits", limit=300))[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("monitor", ["val_loss", "val_accuracy"])
 def test_the_kept_weights_are_those_of_the_monitors_best_epoch(splits, monitor):
     config = make_config({"architecture": "baseline1", "epochs": 12, "patience": 12,
@@ -44,6 +45,7 @@ def test_the_kept_weights_are_those_of_the_monitors_best_epoch(splits, monitor):
     assert result.final_metrics()["kept_val_accuracy"] == result.kept_val_accuracy
 
 
+@pytest.mark.slow
 def test_pruning_steps_are_epochs_trained(splits, tmp_path):
     import optuna
 
@@ -109,6 +111,7 @@ def test_ctrl_c_in_fit_is_raised_at_the_next_step_boundary_or_at_once_the_second
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("warmup", "final_epochs"), [(0, 3), (2, 2)])
 def test_the_final_fit_runs_its_cosine_schedule_to_the_end(splits, warmup, final_epochs):
     """Retrained for fewer epochs than the trial's maximum, the rate still decays to zero."""
@@ -140,6 +143,7 @@ def test_schedule_over_keeps_every_other_factor():
     )
 
 
+@pytest.mark.slow
 def test_test_time_flip_scores_the_test_set_on_each_image_and_its_mirror(splits):
     from hpsearch.runner import predict, train_final
 

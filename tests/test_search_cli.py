@@ -13,6 +13,8 @@ from mlflow import MlflowClient
 
 from hpsearch.config import DataSpec, TrialConfig
 
+pytestmark = pytest.mark.slow  # the real CLI trains studies against a real MLflow server
+
 ROOT = Path(__file__).parents[1]
 OUTCOME = {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "failed"}
 

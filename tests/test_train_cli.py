@@ -13,6 +13,8 @@ from mlflow import MlflowClient
 
 from hpsearch.config import DataSpec, TrialConfig
 
+pytestmark = pytest.mark.slow  # the real CLI trains against a real MLflow server
+
 EPOCH_METRICS = {"loss", "accuracy", "val_loss", "val_accuracy", "epoch_learning_rate"}
 
 

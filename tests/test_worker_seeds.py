@@ -9,6 +9,7 @@ import subprocess
 import textwrap
 
 import optuna
+import pytest
 from conftest import command, environment
 from optuna.trial import TrialState
 
@@ -51,6 +52,7 @@ def test_worker_seeds_differ_by_worker_and_stay_the_study_seed_for_a_lone_proces
     assert first_draw(None) == first_draw(None) != first_draw(0) != first_draw(1)
 
 
+@pytest.mark.slow
 def test_two_workers_propose_different_learning_rates_and_one_summary_is_printed(tmp_path):
     study = write_study(tmp_path, "spread", """\
         sampler: {type: random, seed: 5}
@@ -72,6 +74,7 @@ def test_two_workers_propose_different_learning_rates_and_one_summary_is_printed
         assert int(finished) <= int(total)
 
 
+@pytest.mark.slow
 def test_two_workers_on_a_grid_visit_each_point_exactly_once(tmp_path):
     study = write_study(tmp_path, "grid2", """\
         sampler: {type: grid, seed: 1}
@@ -86,6 +89,7 @@ def test_two_workers_on_a_grid_visit_each_point_exactly_once(tmp_path):
     assert len({t.user_attrs["worker"] for t in trials.trials}) == 2
 
 
+@pytest.mark.slow
 def test_a_lone_process_with_a_seed_draws_the_same_trials_on_every_run_from_scratch(stores):
     storage, _ = stores
     spec = parse_study(

@@ -17,6 +17,8 @@ from conftest import parents_and_children
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
+pytestmark = pytest.mark.slow  # real workers, PostgreSQL and MLflow servers, training
+
 ROOT = Path(__file__).parents[1]
 
 
