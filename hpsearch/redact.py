@@ -77,13 +77,20 @@ def _password_span(text: str, match: re.Match[str]) -> tuple[int, int]:
 
 
 class _RedactingFilter:
-    """A logging filter that masks passwords in every record it sees."""
+    """A logging filter that masks passwords in every record it sees: its message, and the
+    traceback a handler writes after it (an exception's text often holds a URL)."""
 
     def filter(self, record) -> bool:
+        import logging
+
         message = record.getMessage()
         masked = hide_password(message)
         if masked != message:
             record.msg, record.args = masked, ()
+        if record.exc_info and not record.exc_text:  # formatted here as a handler would
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = hide_password(record.exc_text)
         return True
 
 

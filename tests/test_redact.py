@@ -106,3 +106,24 @@ def test_hide_password_takes_linear_time_on_long_text(text):
     started = time.monotonic()
     hide_password(text)
     assert time.monotonic() - started < 2
+
+
+def test_a_logged_exceptions_traceback_is_masked_too():
+    stream = io.StringIO()
+    logger = logging.getLogger("hpsearch.test_redact.traceback")
+    handler = logging.StreamHandler(stream)
+    logger.addHandler(handler)
+    try:
+        redact_logs("hpsearch.test_redact.traceback")
+        try:
+            raise ConnectionError("cannot reach postgresql://u:s3cret@h/db?sslpassword=k3y")
+        except ConnectionError:
+            logger.exception("storage %s away", "redis://:t0ken@cache/0")
+    finally:
+        logger.removeHandler(handler)
+    written = stream.getvalue()
+    assert "Traceback (most recent call last)" in written  # the traceback is still written
+    assert "postgresql://u:***@h/db?sslpassword=***" in written
+    assert "redis://:***@cache/0" in written
+    for secret in ("s3cret", "k3y", "t0ken"):
+        assert secret not in written
