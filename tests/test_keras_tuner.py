@@ -20,8 +20,6 @@ from mlflow import MlflowClient
 from hpsearch.config import DataSpec, TrialConfig
 from hpsearch.study import parse_study
 
-pytestmark = pytest.mark.slow  # the real CLI trains studies against a real MLflow server
-
 STUDY = """\
 name: {name}
 {engine}objective: {{metric: best_val_accuracy, direction: maximize}}
@@ -56,6 +54,7 @@ def ours(keys) -> set[str]:
     return {k for k in keys if not k.startswith(ENGINE_TAGS)}
 
 
+@pytest.mark.slow
 def test_keras_tuner_study_has_the_same_run_layout_as_optuna(mlflow_server, tmp_path):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     kt_file, optuna_file = tmp_path / "tiny_kt.yaml", tmp_path / "tiny_optuna.yaml"
@@ -164,6 +163,7 @@ def in_process(*args: str) -> str:
     return result.output
 
 
+@pytest.mark.slow
 def test_conditional_and_mixed_factors_reach_keras_tuner():
     import keras
     import keras_tuner
@@ -272,6 +272,7 @@ def test_search_with_an_engine_that_lacks_the_sampler_exits_2_and_writes_nothing
     assert sorted(p.name for p in tmp_path.iterdir()) == ["study.yaml"]
 
 
+@pytest.mark.slow
 def test_interrupted_keras_tuner_search_resumes_and_grows(mlflow_server, tmp_path):
     study = tmp_path / "resume_kt.yaml"
     study.write_text(
@@ -330,6 +331,7 @@ def tiny(name: str, sampler: dict, space: dict, **settings) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_a_failing_trial_is_recorded_failed_and_the_search_goes_on(stores):
     from hpsearch.kt_engine import run_search
 
@@ -359,6 +361,7 @@ def test_a_failing_trial_is_recorded_failed_and_the_search_goes_on(stores):
         assert run.data.tags["hpsearch.failure_reason"] == "invalid_config"
 
 
+@pytest.mark.slow
 def test_hyperband_trains_the_epochs_keras_tuner_asks_for(stores, tmp_path):
     from hpsearch.kt_engine import run_search
 
