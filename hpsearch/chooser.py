@@ -105,6 +105,8 @@ def best_trial(study: optuna.Study) -> BestTrial:
         )
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
     group = best_group(group_trials(complete), maximize)  # by the mean over repeats
+    if group is None:  # a completed trial has a value: never
+        raise HpsearchError(f"study {study.study_name!r} has no completed trial with a value")
     best = group.best_trial(maximize)
     mean, sd, n = group.summary()
     attrs = study.user_attrs
@@ -147,8 +149,8 @@ def combine(bests: Sequence[BestTrial], base: dict[str, Any]) -> Combination:
         config = make_config(values, "combined config")
         return Combination(config, best.data, sources, [best], best.best_epoch)
     ranked = sorted(enumerate(bests), key=lambda item: _rank(item[1], bests))
-    values: dict[str, Any] = dict(base)
-    sources: dict[str, str] = {}
+    values = dict(base)
+    sources = {}
     for _, best in ranked:  # worst first, so better studies overwrite
         trial_values = best.config.model_dump()
         for key in best.searched:

@@ -57,7 +57,8 @@ def check_storage(url: str) -> None:
             "pip install 'psycopg[binary]'"
         ) from None
     except SQLAlchemyError as error:
-        reason = hide_password(str(error.orig or error).strip().splitlines()[0])
+        cause = getattr(error, "orig", None) or error  # only a DBAPIError has .orig
+        reason = hide_password(str(cause).strip().splitlines()[0])
         raise HpsearchError(f"cannot connect to storage {shown}: {reason}") from None
 
 

@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path, PurePosixPath
+from typing import IO, Any, cast
 
 import numpy as np
 from PIL import Image
@@ -85,9 +86,10 @@ class _Shapes:
         return len(self.class_names)
 
     @property
-    def input_shape(self) -> tuple[int, ...]:
+    def input_shape(self) -> tuple[int, int, int]:
         """``(H, W, C)`` of one image."""
-        return tuple(int(d) for d in self.x_train.shape[1:])
+        height, width, channels = (int(d) for d in self.x_train.shape[1:])
+        return height, width, channels
 
 
 @dataclass(frozen=True, eq=False)
@@ -126,7 +128,7 @@ class Dataset(_Shapes):
         digest = hashlib.sha256()
         for array in (self.x_train, self.y_train, self.x_test, self.y_test):
             digest.update(f"{array.dtype.str}{array.shape};".encode())
-            digest.update(memoryview(np.ascontiguousarray(array)).cast("B"))
+            digest.update(np.ascontiguousarray(array).data.cast("B"))  # a memoryview: no copy
         digest.update(json.dumps(list(self.class_names)).encode())
         return digest.hexdigest()[:16]
 
@@ -200,6 +202,7 @@ def _load_cifar10_env(cache_dir: str | os.PathLike[str] | None) -> Dataset:
 def _load_local(name: str, path: Path, cache_dir: str | os.PathLike[str] | None) -> Dataset:
     """Decode (or read from the cache) the local copy of ``name`` at the existing ``path``."""
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    build: Callable[[], _Arrays]
     if name == "cifar10" and _is_cifar10_folder(path):
         build = partial(_read_cifar10_folder, path)
         return _describe_cifar10_folder(_cached(name, path, [path], build, cache), path)
@@ -243,7 +246,8 @@ def split_dataset(
         ) from exc
     parts = [(x_train, y_train), (x_val, y_val), (dataset.x_test, dataset.y_test)]
     arrays = [array for x, y in parts for array in _subsample(x, y, limit, seed)]
-    return Splits(*arrays, class_names=dataset.class_names)
+    x_train, y_train, x_val, y_val, x_test, y_test = arrays
+    return Splits(x_train, y_train, x_val, y_val, x_test, y_test, dataset.class_names)
 
 
 def _subsample(x: np.ndarray, y: np.ndarray, limit: int | None, seed: int) -> list[np.ndarray]:
@@ -302,7 +306,9 @@ def _load_keras(name: str) -> Dataset:
         arrays += [x[..., np.newaxis] if x.ndim == 3 else x, np.asarray(y, np.int64).reshape(-1)]
     names = {"cifar10": CIFAR10_NAMES, "cifar100": CIFAR100_NAMES}
     names["fashion_mnist"] = FASHION_MNIST_NAMES
-    return Dataset(name, *arrays, names.get(name, DIGIT_NAMES), f"keras.datasets.{name}")
+    x_train, y_train, x_test, y_test = arrays
+    return Dataset(name, x_train, y_train, x_test, y_test, names.get(name, DIGIT_NAMES),
+                   f"keras.datasets.{name}")  # fmt: skip
 
 
 def _short_reason(exc: BaseException, limit: int = 200) -> str:
@@ -324,20 +330,21 @@ def _cached(
     if cache_file.is_file():
         try:
             with np.load(cache_file, allow_pickle=False) as npz:
-                arrays = [npz[key] for key in _ARRAYS]
+                x_train, y_train, x_test, y_test = (npz[key] for key in _ARRAYS)
                 names = tuple(str(c) for c in npz["class_names"])
             log.debug("%s: read from cache %s", name, cache_file)
-            return Dataset(name, *arrays, names, str(source))
+            return Dataset(name, x_train, y_train, x_test, y_test, names, str(source))
         except Exception as exc:  # a damaged cache is never fatal: rebuild it
             log.warning("ignoring unreadable dataset cache %s (%s)", cache_file, exc)
-    *arrays, names = build()
-    dataset = Dataset(name, *arrays, names, str(source))
+    x_train, y_train, x_test, y_test, names = build()
+    arrays: dict[str, Any] = dict(zip(_ARRAYS, (x_train, y_train, x_test, y_test), strict=True))
+    dataset = Dataset(name, x_train, y_train, x_test, y_test, names, str(source))
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{cache_file.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **dict(zip(_ARRAYS, arrays, strict=True)), class_names=np.array(names))
+                np.savez(fh, **arrays, class_names=np.array(names))
             os.replace(tmp, cache_file)
         finally:
             Path(tmp).unlink(missing_ok=True)
@@ -401,14 +408,15 @@ def _read_cifar(name: str, source: Path) -> _Arrays:
     _, folder, train, test, meta, names_key, labels_key, names = _CIFAR[name]
     wanted = {*train, *test, meta}
     found: dict[str, dict] = {}
+    items: Iterator[tuple[str, bytes]]
     with _read_errors(name, source):
         if source.is_dir():
             items = ((f, (source / f).read_bytes()) for f in wanted if (source / f).is_file())
         else:
             items = _tar_files(source, lambda member: PurePosixPath(member).name in wanted, name)
-        for member, data in items:
+        for member, content in items:
             file = PurePosixPath(member).name
-            found[file] = _unpickle(name, source, file, data)
+            found[file] = _unpickle(name, source, file, content)
     missing = [f for f in (*train, *test) if f not in found]
     if missing:
         raise DataError(
@@ -432,7 +440,8 @@ def _read_cifar(name: str, source: Path) -> _Arrays:
             xs.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))  # channel-first -> last
             ys.append(np.asarray(labels, dtype=np.int64))
         splits += [np.concatenate(xs), np.concatenate(ys)]
-    return (*splits, names)
+    x_train, y_train, x_test, y_test = splits
+    return x_train, y_train, x_test, y_test, names
 
 
 def _is_cifar10_folder(path: Path) -> bool:
@@ -537,9 +546,9 @@ def _tar_files(
     ) as progress:  # fmt: skip
         for member in tar:
             if member.isfile() and wanted(member.name):
-                yield member.name, tar.extractfile(member).read()
+                yield member.name, cast(IO[bytes], tar.extractfile(member)).read()  # a file
             progress.update_to(raw.tell())
-        tar.fileobj.read()
+        tar.fileobj.read(-1)  # what is left, all of it (-1, as read() without an argument)
         progress.update_to(raw.tell())
 
 
@@ -675,7 +684,8 @@ def _decode_all(
     path: Path, keys: list[str], members: dict[str, Callable[[], bytes]], name: str = "folder"
 ) -> np.ndarray:
     """Decode same-sized images to ``(N, H, W, 3)``, or ``(N, H, W, 1)`` if all are grayscale."""
-    out, first, all_gray = np.empty(0, np.uint8), "", True
+    out: np.ndarray = np.empty(0, np.uint8)
+    first, all_gray = "", True
     with WorkProgress(len(keys), f"{name}: decoded", f"{name}: decoding", "images") as progress:
         for i, key in enumerate(keys):
             data = members[key]()

@@ -20,6 +20,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import keras
 import optuna
@@ -296,7 +297,7 @@ def open_study(
 
     ``worker``: this process's identity among several workers (seeds its sampler).
     """
-    settings = {"sampler": make_sampler(spec, worker), "pruner": make_pruner(spec)}
+    settings: dict[str, Any] = {"sampler": make_sampler(spec, worker), "pruner": make_pruner(spec)}
     try:
         study = optuna.create_study(
             study_name=spec.name, storage=storage, direction=spec.objective.direction, **settings
@@ -755,10 +756,11 @@ def _study_params(spec: StudyFile) -> dict[str, str]:
 def _log_summary(
     study: optuna.Study, parent: StudyRun, before_logging: Callable[[], None] | None = None
 ) -> None:
-    metrics, tags = {}, {}
+    metrics: dict[str, float] = {}
+    tags: dict[str, str] = {}
     if completed(study):
         best = study.best_trial
-        metrics = {"best_value": best.value, "best_trial_number": best.number}
+        metrics = {"best_value": cast(float, best.value), "best_trial_number": best.number}
         tags = {
             "best_trial_number": str(best.number),
             "best_run_id": best.user_attrs.get("mlflow_run_id", ""),

@@ -42,8 +42,8 @@ class Results:
 
     def mean(self, metric: str, study: str, **setting: Any) -> float | None:
         """Mean of ``metric`` (``test_accuracy``, ``kept_val_accuracy``, ...) or None."""
-        values = [_metric(t, metric) for t in self.matching(study, **setting)]
-        values = [v for v in values if v is not None]
+        found = [_metric(t, metric) for t in self.matching(study, **setting)]
+        values = [v for v in found if v is not None]
         return mean_sd(values)[0] if values else None
 
 
@@ -129,7 +129,7 @@ def _batch_size(r: Results) -> tuple[bool, str]:
     accuracy = {b: r.mean(VAL, "batch_size", batch_size=b) for b in (32, 64, 128, 256, 512)}
     best = max(v for v in accuracy.values() if v is not None) if any(accuracy.values()) else None
     at256 = need(accuracy[256], "batch 256")
-    need(best, "any batch size")
+    best = need(best, "any batch size")
     slow = need(r.mean("seconds_per_epoch", "batch_size", batch_size=32), "batch 32 timing")
     fast = need(r.mean("seconds_per_epoch", "batch_size", batch_size=256), "batch 256 timing")
     return at256 >= best - POINT and fast < 0.5 * slow, (
@@ -143,12 +143,12 @@ INITIALIZERS = ("he_normal", "he_uniform", "glorot_normal", "glorot_uniform", "r
 
 
 def _initializers(r: Results) -> tuple[bool, str]:
-    found = {k: r.mean(VAL, "initializer", kernel_initializer=k) for k in INITIALIZERS}
-    found = {k: v for k, v in found.items() if v is not None}
+    means = {k: r.mean(VAL, "initializer", kernel_initializer=k) for k in INITIALIZERS}
+    found = {k: v for k, v in means.items() if v is not None}
     zeros = need(found.get("zeros"), "zeros")
     if len(found) < 2:
         raise Missing("the other initialisers")
-    best = max(found, key=found.get)
+    best = max(found, key=lambda k: found[k])
     return best.startswith("he_") and zeros <= 0.15, (
         f"validation: best {best} {pct(found[best])}; zeros {pct(zeros)} (chance: 10%)"
     )
@@ -172,9 +172,9 @@ def _dropout_epochs(r: Results) -> tuple[bool, str]:
 
 def _dropout_increasing(r: Results) -> tuple[bool, str]:
     increasing = need(r.mean(TEST, "dropout", dropout=(0.2, 0.5, 0.7)), "0.2/0.5/0.7")
-    constant = [r.mean(TEST, "dropout", dropout=(rate,), epochs=e)
-                for rate, e in ((0.2, 20), (0.5, 20), (0.5, 50))]  # fmt: skip
-    constant = [c for c in constant if c is not None]
+    means = [r.mean(TEST, "dropout", dropout=(rate,), epochs=e)
+             for rate, e in ((0.2, 20), (0.5, 20), (0.5, 50))]  # fmt: skip
+    constant = [c for c in means if c is not None]
     if not constant:
         raise Missing("the constant rates")
     return increasing > max(constant), (
@@ -185,11 +185,11 @@ def _dropout_increasing(r: Results) -> tuple[bool, str]:
 def _weight_decay(r: Results) -> tuple[bool, str]:
     drops = {}
     for kind in ("l1", "l2", "l1l2"):
-        small = [r.mean(VAL, "weight_decay", weight_decay=kind, weight_decay_magnitude=m)
-                 for m in (1e-5, 1e-4, 1e-3)]  # fmt: skip
-        large = [r.mean(VAL, "weight_decay", weight_decay=kind, weight_decay_magnitude=m)
-                 for m in (1e-2, 1e-1)]  # fmt: skip
-        small, large = [v for v in small if v is not None], [v for v in large if v is not None]
+        smalls = [r.mean(VAL, "weight_decay", weight_decay=kind, weight_decay_magnitude=m)
+                  for m in (1e-5, 1e-4, 1e-3)]  # fmt: skip
+        larges = [r.mean(VAL, "weight_decay", weight_decay=kind, weight_decay_magnitude=m)
+                  for m in (1e-2, 1e-1)]  # fmt: skip
+        small, large = [v for v in smalls if v is not None], [v for v in larges if v is not None]
         if not small or not large:
             raise Missing(f"{kind} at small and large magnitudes")
         drops[kind] = sum(small) / len(small) - sum(large) / len(large)
@@ -220,7 +220,7 @@ def _relu_best(r: Results) -> tuple[bool, str]:
     need(best.get("relu"), "relu")
     if len(best) < 2:
         raise Missing("the other activations")
-    top = max(best, key=best.get)
+    top = max(best, key=lambda a: best[a])
     return best["relu"] >= best[top] - POINT, (
         "test, best BN placement of each: "
         + ", ".join(f"{a} {pct(v)}" for a, v in sorted(best.items(), key=lambda i: -i[1]))
@@ -250,8 +250,9 @@ def _sigmoid_after(r: Results) -> tuple[bool, str]:
 def _rmsprop_adam(r: Results) -> tuple[bool, str]:
     adam = need(r.mean(VAL, "optimizers", optimizer="adam"), "adam")
     rms = need(r.mean(VAL, "optimizers", optimizer="rmsprop_momentum"), "rmsprop_momentum")
-    ranked = {o: r.mean(VAL, "optimizers", optimizer=o) for o in OPTIMIZERS}
-    ranked = sorted((o for o in ranked if ranked[o] is not None), key=lambda o: -ranked[o])
+    means = {o: r.mean(VAL, "optimizers", optimizer=o) for o in OPTIMIZERS}
+    scores = {o: v for o, v in means.items() if v is not None}
+    ranked = sorted(scores, key=lambda o: -scores[o])
     return abs(adam - rms) <= 2 * POINT, (
         f"validation at defaults: adam {pct(adam)}, rmsprop_momentum {pct(rms)} "
         f"(alike: within two points); order: {', '.join(ranked)}"
@@ -264,12 +265,12 @@ RATES = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 
 
 def _best_rate(r: Results, optimizer: str) -> float:
-    found = {lr: r.mean(VAL, "learning_rate", optimizer=optimizer, learning_rate=lr)
+    means = {lr: r.mean(VAL, "learning_rate", optimizer=optimizer, learning_rate=lr)
              for lr in RATES}  # fmt: skip
-    found = {lr: v for lr, v in found.items() if v is not None}
+    found = {lr: v for lr, v in means.items() if v is not None}
     if not found:
         raise Missing(f"{optimizer} at any rate")
-    return max(found, key=found.get)
+    return max(found, key=lambda lr: found[lr])
 
 
 def _larger_rates(r: Results) -> tuple[bool, str]:

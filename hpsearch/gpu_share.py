@@ -170,6 +170,8 @@ def _measure_here(configs: list[dict[str, Any]], input_shape, num_classes) -> Fo
         footprint = Footprint(model.count_params(), activations, config.batch_size)
         if largest is None or footprint.bytes() > largest.bytes():
             largest = footprint
+    if largest is None:
+        raise ValueError("no configuration to measure")  # _largest gives one at least
     return largest
 
 

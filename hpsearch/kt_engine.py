@@ -101,7 +101,7 @@ def choice_codec(choices: list[Any]) -> dict[Any, Any]:
 
 
 def _encode(factor: Factor, value: Any) -> Any:
-    for kt_value, study_value in choice_codec(factor.choices).items():
+    for kt_value, study_value in choice_codec(factor.choices or []).items():
         if study_value == value and type(study_value) is type(value):
             return kt_value
     return None
@@ -113,9 +113,11 @@ def _declare(hp: keras_tuner.HyperParameters, key: str, factor: Factor) -> Any:
     if factor.is_integer:
         step = None if factor.log else int(factor.step or 1)
         sampling = "log" if factor.log else "linear"
-        return hp.Int(key, int(factor.low), int(factor.high), step=step, sampling=sampling)
+        low, high = factor.bounds
+        return hp.Int(key, int(low), int(high), step=step, sampling=sampling)
     sampling = "log" if factor.log else "linear"
-    return hp.Float(key, factor.low, factor.high, step=factor.step, sampling=sampling)
+    low, high = factor.bounds
+    return hp.Float(key, low, high, step=factor.step, sampling=sampling)
 
 
 def _decode(factor: Factor, value: Any) -> Any:
@@ -170,8 +172,10 @@ def distribution(factor: Factor) -> BaseDistribution:
         return CategoricalDistribution(factor.choices)
     if factor.is_integer:
         step = 1 if factor.log else int(factor.step or 1)
-        return IntDistribution(int(factor.low), int(factor.high), log=factor.log, step=step)
-    return FloatDistribution(factor.low, factor.high, log=factor.log, step=factor.step)
+        low, high = factor.bounds
+        return IntDistribution(int(low), int(high), log=factor.log, step=step)
+    low, high = factor.bounds
+    return FloatDistribution(low, high, log=factor.log, step=factor.step)
 
 
 class StudyHyperModel(keras_tuner.HyperModel):

@@ -25,7 +25,7 @@ def study_storage(study: optuna.Study) -> optuna.storages.BaseStorage:
 
 def stale_trial_ids(storage: optuna.storages.BaseStorage, study_id: int) -> list[int]:
     """Ids of RUNNING trials whose heartbeat is older than the grace period."""
-    return list(storage._get_stale_trial_ids(study_id))  # noqa: SLF001
+    return list(storage._get_stale_trial_ids(study_id))  # type: ignore[attr-defined]  # noqa: SLF001
 
 
 def trial_id(trial: optuna.Trial | optuna.trial.FrozenTrial) -> int:

@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
-from typing import TextIO
+from typing import TextIO, cast
 
 import optuna
 from optuna.trial import TrialState
@@ -83,7 +83,8 @@ class StudyProgress:
         elif trial.state == TrialState.PRUNED:
             step = trial.last_step  # steps are epochs trained; none: pruned before the first
             outcome += f" after epoch {step}" if step is not None else " before its first epoch"
-        seconds = (trial.datetime_complete - trial.datetime_start).total_seconds()
+        start, end = trial.datetime_start, trial.datetime_complete  # both set once it ended
+        seconds = (end - start).total_seconds() if start and end else 0.0
         done = self._done(counts)
         of = f"/{self.target}" if self.target else ""
         summary = ", ".join(f"{n} {k}" for k, n in counts.items())
@@ -93,7 +94,7 @@ class StudyProgress:
             f" | {done}{of} done: {summary}{best_text}"
         )
         if self._bar is not None:
-            self._show(done, counts, best)
+            self._show(self._bar, done, counts, best)
 
     @contextmanager
     def bar(self, study: optuna.Study) -> Iterator[None]:
@@ -107,17 +108,17 @@ class StudyProgress:
         trials = study.get_trials(deepcopy=False)
         counts = _counts(trials)
         stdout, stderr = sys.stdout, sys.stderr
-        self._bar = tqdm(
+        self._bar = bar = tqdm(
             total=self.target, initial=self._done(counts), desc=f"[{study.study_name}]",
             unit="trial", file=stderr, dynamic_ncols=True, smoothing=0,  # ETA: the mean pace
             bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} trials "
                        "[{elapsed}<{remaining}{postfix}]" if self.target else None,
             postfix=_postfix(counts, _best(trials, study.direction)),
         )  # fmt: skip
-        above = {id(stdout): _AboveTheBar(stdout, self._bar),
-                 id(stderr): _AboveTheBar(stderr, self._bar)}  # fmt: skip
+        above = {id(stdout): _AboveTheBar(stdout, bar),
+                 id(stderr): _AboveTheBar(stderr, bar)}  # fmt: skip
         stop = threading.Event()
-        ticker = threading.Thread(target=self._tick, args=(stop,), daemon=True,
+        ticker = threading.Thread(target=self._tick, args=(bar, stop), daemon=True,
                                   name="hpsearch-progress")  # fmt: skip
         try:
             with redirect_stdout(above[id(stdout)]), redirect_stderr(above[id(stderr)]), \
@@ -130,22 +131,20 @@ class StudyProgress:
                 ticker.join()
             for stream in above.values():
                 stream.close()
-            self._bar.close()
+            bar.close()
             self._bar = None
 
     def _done(self, counts: dict[str, int]) -> int:
         done = counts["complete"] + counts["pruned"]
         return min(done, self.target) if self.target else done  # e.g. a grid point run twice
 
-    def _show(self, done: int, counts: dict[str, int], best) -> None:
-        bar = self._bar
+    def _show(self, bar: tqdm, done: int, counts: dict[str, int], best) -> None:
         with bar.get_lock():
             bar.set_postfix_str(_postfix(counts, best), refresh=False)
             bar.update(done - bar.n)
             bar.refresh()
 
-    def _tick(self, stop: threading.Event) -> None:
-        bar = self._bar
+    def _tick(self, bar: tqdm, stop: threading.Event) -> None:
         while not stop.wait(REFRESH_S):
             bar.refresh()
 
@@ -172,7 +171,7 @@ def _best(
     if not complete:
         return None
     sign = 1 if direction == optuna.study.StudyDirection.MAXIMIZE else -1
-    return max(complete, key=lambda t: (sign * t.value, -t.number))
+    return max(complete, key=lambda t: (sign * cast(float, t.value), -t.number))
 
 
 class _AboveTheBar:

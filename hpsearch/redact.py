@@ -70,7 +70,8 @@ def _password_span(text: str, match: re.Match[str]) -> tuple[int, int]:
     if not after or after.isdigit():
         return begin, begin
     start = begin + colon + 1
-    at = text.rfind("@", start, _REST_OF_URL.match(text, start).end())
+    rest = _REST_OF_URL.match(text, start)  # never None: the pattern matches ""
+    at = text.rfind("@", start, rest.end() if rest else len(text))
     if at < 0:
         return begin, begin
     return start, at

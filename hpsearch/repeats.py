@@ -11,7 +11,7 @@ import json
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from optuna.trial import FrozenTrial, TrialState
 
@@ -53,7 +53,7 @@ class ConfigGroup:
 
     def best_trial(self, maximize: bool) -> FrozenTrial:
         complete = [t for t in self.trials if t.state == TrialState.COMPLETE]
-        return (max if maximize else min)(complete, key=lambda t: t.value)
+        return (max if maximize else min)(complete, key=lambda t: cast(float, t.value))
 
 
 def group_trials(trials: Iterable[FrozenTrial]) -> list[ConfigGroup]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import optuna
 
@@ -48,7 +49,9 @@ def make_sampler(study: StudyFile, worker: int | str | None = None) -> optuna.sa
         return optuna.samplers.RandomSampler(seed=seed)
     if spec.type == "qmc":
         return optuna.samplers.QMCSampler(seed=seed)
-    startup = {} if spec.n_startup_trials is None else {"n_startup_trials": spec.n_startup_trials}
+    startup: dict[str, Any] = {}
+    if spec.n_startup_trials is not None:
+        startup["n_startup_trials"] = spec.n_startup_trials
     if spec.type == "cmaes":
         try:
             import cmaes  # noqa: F401  (optuna's CMA-ES needs it)

@@ -42,13 +42,11 @@ def suggest(trial: optuna.Trial, study: StudyFile) -> dict[str, Any]:
             values[key] = trial.suggest_categorical(key, factor.choices)
         elif factor.is_integer:
             step = int(factor.step or 1)
-            values[key] = trial.suggest_int(
-                key, int(factor.low), int(factor.high), step=step, log=factor.log
-            )
+            low, high = factor.bounds
+            values[key] = trial.suggest_int(key, int(low), int(high), step=step, log=factor.log)
         else:
-            values[key] = trial.suggest_float(
-                key, factor.low, factor.high, log=factor.log, step=factor.step
-            )
+            low, high = factor.bounds
+            values[key] = trial.suggest_float(key, low, high, log=factor.log, step=factor.step)
     return values
 
 
@@ -56,8 +54,11 @@ def grid_values(factor: Factor) -> list[Any]:
     """Every value a grid visits for one factor."""
     if factor.choices is not None:
         return list(factor.choices)
-    count = int(round((factor.high - factor.low) / factor.step)) + 1
-    points = [factor.low + i * factor.step for i in range(count)]
+    (low, high), step = factor.bounds, factor.step
+    if step is None:
+        raise ValueError("a grid needs choices, or low/high with a step")  # study.py checks
+    count = int(round((high - low) / step)) + 1
+    points = [low + i * step for i in range(count)]
     return [int(p) for p in points] if factor.is_integer else points
 
 

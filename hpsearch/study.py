@@ -131,9 +131,16 @@ class Factor(BaseModel):
         return self
 
     @property
+    def bounds(self) -> tuple[float, float]:
+        """``(low, high)`` of a factor without choices (the validator made sure both are set)."""
+        if self.low is None or self.high is None:
+            raise ValueError("a factor with choices has no low/high")
+        return self.low, self.high
+
+    @property
     def is_integer(self) -> bool:
         return self.choices is None and all(
-            float(v).is_integer() for v in (self.low, self.high, self.step or 1)
+            float(v).is_integer() for v in (*self.bounds, self.step or 1)
         )
 
 

@@ -50,7 +50,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import keras
 import numpy as np
@@ -63,7 +63,7 @@ from hpsearch.redact import hide_password
 try:
     import fcntl
 except ImportError:  # Windows: no takeover of a dead worker's spool entries
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -213,7 +213,7 @@ class TrialRun:
     def __enter__(self) -> TrialRun:
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type, exc, tb) -> Literal[False]:
         if self.ended:
             return False
         if exc is None:
@@ -267,6 +267,7 @@ class TrialRun:
         its name, the data fingerprint as digest, and where it came from."""
         from mlflow.entities import Dataset, DatasetInput, InputTag
 
+        source: dict[str, Any]
         if spec.data_dir:
             source_type, source = "local", {"uri": str(Path(spec.data_dir).expanduser().resolve())}
         else:  # a loader: scikit-learn's digits, Keras's downloads
@@ -804,8 +805,8 @@ def download_artifact(run_id: str, path: str, destination: Path) -> Path:
         except MlflowException as error:
             if error.error_code != "RESOURCE_DOES_NOT_EXIST":
                 raise
-            waiting = spool_dir() / run_id / "artifacts" / path
-            waiting = waiting if waiting.is_file() else None
+            spooled = spool_dir() / run_id / "artifacts" / path
+            waiting = spooled if spooled.is_file() else None
             where = f"; it waits for upload in {waiting}" if waiting else ""
             raise MissingArtifact(f"MLflow run {run_id} has no {path}{where}", waiting) from None
         destination.parent.mkdir(parents=True, exist_ok=True)
