@@ -303,7 +303,8 @@ def grad_cam_figure(
         left.set_title(f"true {class_names[y_true[i]]}\npred {class_names[y_pred[i]]}"
                        + (" (wrong)" if wrong else ""), fontsize=8, color=colour)  # fmt: skip
         right.set_title("Grad-CAM of\nthe prediction", fontsize=8, color=colour)
-    fig.colorbar(overlay, ax=axes, shrink=0.8, label="Grad-CAM (1: the image's strongest)")
+    if overlay is not None:  # n > 0: always
+        fig.colorbar(overlay, ax=axes, shrink=0.8, label="Grad-CAM (1: the image's strongest)")
     fig.suptitle("Grad-CAM: where in each image the network found the evidence for the class "
                  "it predicted")  # fmt: skip
     return fig

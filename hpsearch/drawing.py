@@ -55,7 +55,7 @@ class DrawingProcess:
     """Runs picklable drawing functions (``hpsearch.plots``) in one child process."""
 
     def __init__(self) -> None:
-        self._child: subprocess.Popen | None = None
+        self._child: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()  # one reader or writer of the pipes at a time
         self._sent: deque[_Request] = deque()  # sent, answer not read yet (answers come in order)
         self.in_process = False  # once closed, or after the child failed
@@ -100,6 +100,7 @@ class DrawingProcess:
     def _read_until(self, request: _Request | None) -> None:
         """Read answers in order until ``request``'s (None: all of them) or the child fails."""
         while self._sent and (request is None or request.answer is None):
+            assert self._child is not None and self._child.stdout is not None  # requests sent
             try:
                 answer = pickle.load(self._child.stdout)
             except (OSError, EOFError, pickle.PickleError) as error:
@@ -123,8 +124,10 @@ class DrawingProcess:
                 start_new_session=True,  # Ctrl-C in the terminal is the driver's to handle
             )
         message = (request.function, request.args, request.kwargs)
-        pickle.dump(message, self._child.stdin, protocol=pickle.HIGHEST_PROTOCOL)
-        self._child.stdin.flush()
+        stdin = self._child.stdin
+        assert stdin is not None  # stdin=PIPE
+        pickle.dump(message, stdin, protocol=pickle.HIGHEST_PROTOCOL)
+        stdin.flush()
 
     def close(self) -> None:
         """End the child once the drawings sent are done; later figures are drawn here."""
@@ -140,7 +143,8 @@ class DrawingProcess:
             return
         for stream in (child.stdin, child.stdout):
             try:
-                stream.close()
+                if stream is not None:
+                    stream.close()
             except OSError:
                 pass
         try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -175,11 +176,14 @@ def state_handles(states: Sequence[str], kept: bool = True) -> list[Line2D]:
     return handles
 
 
-STATE_STYLE = {  # how a trial of each outcome is drawn in the study's figures
+# how a trial of each outcome is drawn in the study's figures
+STATE_STYLE: dict[str, dict[str, Any]] = {
     "complete": {"linestyle": "-", "marker": "o", "markersize": 4, "linewidth": 1.8},
     "pruned": {"linestyle": "--", "marker": "x", "markersize": 6, "linewidth": 1.0},
     "failed": {"linestyle": ":", "marker": "s", "markersize": 5, "linewidth": 1.0,
                "markerfacecolor": "none"},
 }  # fmt: skip
-KEPT_MARKER = {"marker": "*", "markersize": 13, "markeredgecolor": "black",
-               "markeredgewidth": 0.6, "linestyle": "none", "color": "gold"}  # fmt: skip
+KEPT_MARKER: dict[str, Any] = {  # the kept epoch's point
+    "marker": "*", "markersize": 13, "markeredgecolor": "black", "markeredgewidth": 0.6,
+    "linestyle": "none", "color": "gold",
+}  # fmt: skip

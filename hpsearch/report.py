@@ -165,13 +165,13 @@ def markdown(study: optuna.Study, rows: list[Row]) -> str:
         ]
         for group in groups:
             done = [r for r in group if r.state == "complete"]
-            reference = group[0].reference
+            group_reference = group[0].reference
             val = _mean_sd([r.val_accuracy for r in done if r.val_accuracy is not None])
             test = _mean_sd([r.test_accuracy for r in done if r.test_accuracy is not None])
             lines.append(
                 f"| {group[0].setting or '(fixed)'} | {', '.join(str(r.number) for r in group)} "
                 f"| {len(done)} | {val} | {test} "
-                f"| {'' if reference is None else f'{reference:.2f}%'} |"
+                f"| {'' if group_reference is None else f'{group_reference:.2f}%'} |"
             )
     lines += ["", "Figures: `validation_curves.png`, `accuracy_by_setting.png`."]
     return "\n".join(lines) + "\n"
@@ -263,7 +263,8 @@ def accuracy_by_setting_figure(rows: list[Row], title: str = "") -> Figure:
     for i, (group, setting) in enumerate(zip(groups, settings, strict=True)):
         done = [r for r in group if r.state == "complete" and r.val_accuracy is not None]
         labels.append(setting + (f"  (n={len(done)})" if len(done) > 1 else ""))
-        val.append(mean_sd([r.val_accuracy for r in done])[0] if done else 0.0)
+        val.append(mean_sd([r.val_accuracy for r in done if r.val_accuracy is not None])[0]
+                   if done else 0.0)  # fmt: skip
         test += [(r.test_accuracy, i) for r in done if r.test_accuracy is not None]
         pruned += [(r.val_accuracy, i) for r in group
                    if r.state == "pruned" and r.val_accuracy is not None]  # fmt: skip
@@ -273,9 +274,11 @@ def accuracy_by_setting_figure(rows: list[Row], title: str = "") -> Figure:
     ax.barh(range(len(groups)), val, color="tab:blue", alpha=0.7,
             label="validation, completed trials (mean)")  # fmt: skip
     if test:
-        ax.scatter(*zip(*test, strict=True), color="black", zorder=3, s=14, label="test")
+        xs, ys = zip(*test, strict=True)
+        ax.scatter(xs, ys, color="black", zorder=3, s=14, label="test")
     if pruned:
-        ax.scatter(*zip(*pruned, strict=True), marker="x", color="tab:orange", zorder=3, s=40,
+        xs, ys = zip(*pruned, strict=True)
+        ax.scatter(xs, ys, marker="x", color="tab:orange", zorder=3, s=40,
                    label="pruned trial (best validation before it stopped)")  # fmt: skip
     if failed:  # those that failed before an epoch's validation at the axis, with a word
         ax.scatter([max(x, 0.012) for x, _ in failed], [i for _, i in failed], marker="s", s=40,
@@ -284,7 +287,8 @@ def accuracy_by_setting_figure(rows: list[Row], title: str = "") -> Figure:
             if x == 0.0:
                 ax.text(0.03, i, "failed", color="tab:red", va="center", fontsize="small")
     if reference:
-        ax.scatter(*zip(*reference, strict=True), marker="|", s=300, color="tab:red", zorder=3,
+        xs, ys = zip(*reference, strict=True)
+        ax.scatter(xs, ys, marker="|", s=300, color="tab:red", zorder=3,
                    label="the study's test accuracy")  # fmt: skip
     ax.set_yticks(range(len(groups)), labels, fontsize="small")
     ax.invert_yaxis()

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -154,13 +154,14 @@ class NumberRow:
         return None if mean is None else 100 * mean - self.number.test_accuracy
 
     def verdict(self, meaningful: bool) -> str:
-        if self.mean is None:
+        difference = self.difference  # None when not measured
+        if difference is None:
             return "not measured"
         if not meaningful:
             return "not meaningful (quick)"
-        if abs(self.difference) <= self.number.tolerance:
+        if abs(difference) <= self.number.tolerance:
             return "reproduced"
-        return "higher" if self.difference > 0 else "lower"
+        return "higher" if difference > 0 else "lower"
 
 
 def number_rows(trials: dict[str, list], scale: Scale) -> list[NumberRow]:
@@ -252,7 +253,7 @@ def numbers_figure(rows: list[NumberRow], title: str):
                label="the study's number", zorder=3)  # fmt: skip
     measured = [(i, r) for i, r in enumerate(rows) if r.mean is not None]
     if measured:
-        ax.errorbar([100 * r.mean for _, r in measured], [i for i, _ in measured],
+        ax.errorbar([100 * cast(float, r.mean) for _, r in measured], [i for i, _ in measured],
                     xerr=[100 * r.sd if len(r.values) > 1 else 0 for _, r in measured],
                     fmt="o", color="tab:blue", capsize=3, label="ours (mean ± sd)")  # fmt: skip
     for i, r in enumerate(rows):
@@ -323,11 +324,12 @@ def _search(spec: StudyFile, path: Path, storage: str, workers: int | str, echo,
         from hpsearch.gpu_share import auto_workers
 
         workers = auto_workers(spec, echo)
-    if workers > 1:
+    count = int(workers)  # a number by now
+    if count > 1:
         from hpsearch.workers import launch_workers
 
         quiet = ["--quiet"] if verbose == 0 else []
-        code = launch_workers(spec, storage, workers, None, [str(path), *quiet], echo)
+        code = launch_workers(spec, storage, count, None, [str(path), *quiet], echo)
         if code == 130:
             raise KeyboardInterrupt
         if code:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import optuna
 import yaml
@@ -45,8 +47,10 @@ def _plots(study: optuna.Study, folder: Path) -> list[Path]:
     # outside the axes), on the left for the longest parameter name (about 7 pixels a letter).
     done = completed(study)
     names = max((len(name) for trial in done for name in trial.params), default=0)
-    plots = [("optimization_history.png", optuna_plots.plot_optimization_history,
-              _finish_history, (0.11, 0.7))]  # fmt: skip
+    plots: list[tuple[str, Callable[..., Any], Callable[..., Any], tuple[float, float]]] = [
+        ("optimization_history.png", optuna_plots.plot_optimization_history, _finish_history,
+         (0.11, 0.7)),
+    ]  # fmt: skip
     if len(done) >= 2 and names:  # else Optuna draws an empty chart (after importing forests)
         plots.append(("param_importances.png", optuna_plots.plot_param_importances,
                       _finish_importances, (min(0.5, 0.06 + 0.0095 * names), 0.96)))  # fmt: skip
