@@ -7,7 +7,7 @@ import os
 import click
 
 from hpsearch.cli.choose import best, combine, report
-from hpsearch.cli.common import VERBOSE_ENV
+from hpsearch.cli.common import VERBOSE_ENV, HpsearchGroup
 from hpsearch.cli.reproduce import reproduce
 from hpsearch.cli.search import search, server, validate, worker
 from hpsearch.cli.train import show_config, train
@@ -34,7 +34,8 @@ def _epilog() -> str:
     return "\b\nEnvironment:\n" + "\n".join(lines)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=_epilog())
+@click.group(cls=HpsearchGroup, context_settings={"help_option_names": ["-h", "--help"]},
+             epilog=_epilog())
 @click.version_option(package_name="hpsearch")
 @click.option("-v", "--verbose", is_flag=True,
               help="Also show TensorFlow's, absl's and CUDA's start-up lines.")

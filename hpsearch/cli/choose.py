@@ -5,7 +5,6 @@ from __future__ import annotations
 import click
 
 from hpsearch.cli.common import (
-    fail,
     load_keras_quietly,
     storage_for,
     storage_option,
@@ -64,53 +63,50 @@ def best(
     """
     from pathlib import Path
 
-    try:
-        from hpsearch.chooser import Combination, best_trial, describe_best, finalize, load_study
+    from hpsearch.chooser import Combination, best_trial, describe_best, finalize, load_study
 
-        url = storage_url(storage, tracking_uri)
-        found = load_study(study_name(study or study_option), url)  # before MLflow is loaded
-        use_tracking(tracking_uri)
-        load_keras_quietly()
-        winner = best_trial(found)
-        click.echo(f"study {winner.study}: {describe_best(winner)}")
-        click.echo(winner.config.to_yaml().rstrip())
-        if retrain:
-            combination = Combination(winner.config, winner.data, {}, [winner])
-            epochs = winner.best_epoch or winner.config.epochs
-            outcome = finalize(
-                combination,
-                epochs,
-                experiment,
-                model_name,
-                Path(export) if export else None,
-                echo=click.echo,
-                verbose=0 if quiet else 2,
+    url = storage_url(storage, tracking_uri)
+    found = load_study(study_name(study or study_option), url)  # before MLflow is loaded
+    use_tracking(tracking_uri)
+    load_keras_quietly()
+    winner = best_trial(found)
+    click.echo(f"study {winner.study}: {describe_best(winner)}")
+    click.echo(winner.config.to_yaml().rstrip())
+    if retrain:
+        combination = Combination(winner.config, winner.data, {}, [winner])
+        epochs = winner.best_epoch or winner.config.epochs
+        outcome = finalize(
+            combination,
+            epochs,
+            experiment,
+            model_name,
+            Path(export) if export else None,
+            echo=click.echo,
+            verbose=0 if quiet else 2,
+        )
+        _say_final(outcome)
+    elif export:
+        from hpsearch.tracking import MissingArtifact, download_artifact
+
+        if not winner.run_id:
+            raise HpsearchError(f"trial {winner.number} has no MLflow run to export from")
+        try:
+            download_artifact(winner.run_id, "model.keras", Path(export))
+        except MissingArtifact as missing:
+            why = (
+                f" yet: it waits for upload in {missing.waiting} (its worker is uploading "
+                "it, or the study's next search or worker on this machine will); or"
+                if missing.waiting
+                else " (its worker died before uploading it);"
             )
-            _say_final(outcome)
-        elif export:
-            from hpsearch.tracking import MissingArtifact, download_artifact
-
-            if not winner.run_id:
-                raise HpsearchError(f"trial {winner.number} has no MLflow run to export from")
-            try:
-                download_artifact(winner.run_id, "model.keras", Path(export))
-            except MissingArtifact as missing:
-                why = (
-                    f" yet: it waits for upload in {missing.waiting} (its worker is uploading "
-                    "it, or the study's next search or worker on this machine will); or"
-                    if missing.waiting
-                    else " (its worker died before uploading it);"
-                )
-                raise HpsearchError(
-                    f"trial {winner.number} (MLflow run {winner.run_id}) has no model.keras"
-                    f"{why} retrain it with "
-                    f"`hpsearch best --study {found.study_name} --retrain --export {export}`"
-                ) from None
-            names = _class_names_into(Path(export), winner.run_id)
-            click.echo(f"exported trial {winner.number}'s model to {export} (raw uint8 images in, "
-                       f"probabilities of {names} out; see its metadata.json)")  # fmt: skip
-    except HpsearchError as error:
-        fail(error)
+            raise HpsearchError(
+                f"trial {winner.number} (MLflow run {winner.run_id}) has no model.keras"
+                f"{why} retrain it with "
+                f"`hpsearch best --study {found.study_name} --retrain --export {export}`"
+            ) from None
+        names = _class_names_into(Path(export), winner.run_id)
+        click.echo(f"exported trial {winner.number}'s model to {export} (raw uint8 images in, "
+                   f"probabilities of {names} out; see its metadata.json)")  # fmt: skip
 
 
 def _class_names_into(exported, run_id: str) -> str:
@@ -205,44 +201,41 @@ def combine(
     """Assemble the combined final model from studies, retrain, test, register, export."""
     from pathlib import Path
 
-    try:
-        from hpsearch.config import parse_overrides
-        from hpsearch.study import load_study as load_study_file
+    from hpsearch.config import parse_overrides
+    from hpsearch.study import load_study as load_study_file
 
-        base = parse_overrides(overrides)
-        # `mlflow run -P studies="a.yaml b.yaml"` passes one space-separated argument
-        specs = [load_study_file(path) for arg in study_files for path in arg.split()]
-        from hpsearch.chooser import combine as merge
-        from hpsearch.chooser import finalize, selection_epochs, study_bests
+    base = parse_overrides(overrides)
+    # `mlflow run -P studies="a.yaml b.yaml"` passes one space-separated argument
+    specs = [load_study_file(path) for arg in study_files for path in arg.split()]
+    from hpsearch.chooser import combine as merge
+    from hpsearch.chooser import finalize, selection_epochs, study_bests
 
-        bests = study_bests(specs, storage_for(storage, tracking_uri))
-        load_keras_quietly()
-        combination = merge(bests, base)
-        data = {k: v for k, v in (("data_dir", data_dir), ("limit", limit or None)) if v}
-        if data:
-            combination.data = combination.data.model_copy(update=data)
-        unused = combination.config.inapplicable()
-        for key, source in combination.sources.items():
-            if key not in unused:  # momentum taken from a study, say, with Adam chosen
-                value = combination.config.to_params()[key]
-                click.echo(f"  {key} = {value}  (from {source})")
-        verbose = 0 if quiet else 2
-        final_epochs = (
-            epochs
-            or combination.epochs
-            or selection_epochs(combination, experiment, click.echo, verbose)
-        )
-        outcome = finalize(
-            combination,
-            final_epochs,
-            experiment,
-            model_name or None,
-            Path(export) if export else None,
-            echo=click.echo,
-            verbose=verbose,
-        )
-    except HpsearchError as error:
-        fail(error)
+    bests = study_bests(specs, storage_for(storage, tracking_uri))
+    load_keras_quietly()
+    combination = merge(bests, base)
+    data = {k: v for k, v in (("data_dir", data_dir), ("limit", limit or None)) if v}
+    if data:
+        combination.data = combination.data.model_copy(update=data)
+    unused = combination.config.inapplicable()
+    for key, source in combination.sources.items():
+        if key not in unused:  # momentum taken from a study, say, with Adam chosen
+            value = combination.config.to_params()[key]
+            click.echo(f"  {key} = {value}  (from {source})")
+    verbose = 0 if quiet else 2
+    final_epochs = (
+        epochs
+        or combination.epochs
+        or selection_epochs(combination, experiment, click.echo, verbose)
+    )
+    outcome = finalize(
+        combination,
+        final_epochs,
+        experiment,
+        model_name or None,
+        Path(export) if export else None,
+        echo=click.echo,
+        verbose=verbose,
+    )
     _say_final(outcome)
 
 
@@ -280,23 +273,20 @@ def report(
     """
     from pathlib import Path
 
-    try:
-        from hpsearch.chooser import load_study
+    from hpsearch.chooser import load_study
 
-        names = [study_name(s) for s in studies]
-        url = storage_url(storage, tracking_uri)
-        loaded = [load_study(name, url) for name in names]  # before MLflow is loaded
-        use_tracking(tracking_uri)
-        from hpsearch.report import write_report
-        from hpsearch.tracking import log_folder
+    names = [study_name(s) for s in studies]
+    url = storage_url(storage, tracking_uri)
+    loaded = [load_study(name, url) for name in names]  # before MLflow is loaded
+    use_tracking(tracking_uri)
+    from hpsearch.report import write_report
+    from hpsearch.tracking import log_folder
 
-        for study in loaded:
-            path, rows = write_report(study, Path(output) / study.study_name)
-            parent = study.user_attrs.get("mlflow_parent_run_id")
-            if parent:
-                log_folder(parent, path.parent, "report")
-            if not quiet:
-                click.echo(f"{path}: {len(rows)} trials"
-                           + (" (logged on the parent run)" if parent else ""))  # fmt: skip
-    except HpsearchError as error:
-        fail(error)
+    for study in loaded:
+        path, rows = write_report(study, Path(output) / study.study_name)
+        parent = study.user_attrs.get("mlflow_parent_run_id")
+        if parent:
+            log_folder(parent, path.parent, "report")
+        if not quiet:
+            click.echo(f"{path}: {len(rows)} trials"
+                       + (" (logged on the parent run)" if parent else ""))  # fmt: skip

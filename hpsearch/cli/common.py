@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from typing import Any, NoReturn
 
 import click
 
@@ -22,12 +23,27 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 DATASETS = ("digits", "cifar10", "cifar100", "mnist", "fashion_mnist", "folder")
 
 
-def fail(error: HpsearchError) -> None:
+def fail(error: HpsearchError) -> NoReturn:
     """A user error: one clean message, passwords masked, exit status 2."""
+    say_error(error)
+    sys.exit(2)
+
+
+def say_error(error: HpsearchError) -> None:
+    """``Error: ...`` on stderr, passwords masked (also for an error a command goes on after)."""
     from hpsearch.redact import hide_password
 
     click.echo(f"Error: {hide_password(str(error))}", err=True)
-    sys.exit(2)
+
+
+class HpsearchGroup(click.Group):
+    """The project's errors (:class:`HpsearchError`) are caught here, once for every command."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except HpsearchError as error:
+            fail(error)
 
 
 VERBOSE_ENV = "HPSEARCH_VERBOSE"

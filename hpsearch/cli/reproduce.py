@@ -9,14 +9,12 @@ import click
 from hpsearch.cli.common import (
     WORKERS_HELP,
     WorkerCount,
-    fail,
     load_keras_quietly,
     stop_on_sigterm,
     storage_for,
     storage_option,
     tracking_option,
 )
-from hpsearch.errors import HpsearchError
 from hpsearch.reference import STUDY_ORDER
 
 
@@ -72,8 +70,6 @@ def reproduce(only, data_dir, limit, epochs_scale, repeats, quick, report_only, 
             return
         reproduction.run(tuple(only), scale, url, data_dir, Path(output), workers,
                          echo=click.echo, verbose=0 if quiet else 2)  # fmt: skip
-    except HpsearchError as error:
-        fail(error)
     except KeyboardInterrupt:
         click.echo("interrupted: run the same command again to resume", err=True)
         sys.exit(130)

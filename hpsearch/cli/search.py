@@ -9,8 +9,8 @@ import click
 from hpsearch.cli.common import (
     WORKERS_HELP,
     WorkerCount,
-    fail,
     load_keras_quietly,
+    say_error,
     stop_on_sigterm,
     storage_for,
     storage_option,
@@ -67,39 +67,36 @@ def _run(study_file, n_trials, timeout, storage, tracking_uri, data_dir, limit, 
          worker=False, worker_index=None, summary=True) -> None:  # fmt: skip
     """Run the study in this process; ``worker``: as one of several (its own sampler seed)."""
     stop_on_sigterm()
-    try:
-        spec = _load(study_file, overrides, data_dir, limit, engine)
-        if spec.engine == "keras_tuner" and worker:
-            raise HpsearchError(
-                f"{study_file}: a keras_tuner study runs in one process: "
-                "use `hpsearch search`, not `worker`"
-            )
-        url = storage_for(storage, tracking_uri)
-        load_keras_quietly()
-        from hpsearch.driver import WorkerOptions, describe, run_search
-        from hpsearch.engine_check import check_engine
+    spec = _load(study_file, overrides, data_dir, limit, engine)
+    if spec.engine == "keras_tuner" and worker:
+        raise HpsearchError(
+            f"{study_file}: a keras_tuner study runs in one process: "
+            "use `hpsearch search`, not `worker`"
+        )
+    url = storage_for(storage, tracking_uri)
+    load_keras_quietly()
+    from hpsearch.driver import WorkerOptions, describe, run_search
+    from hpsearch.engine_check import check_engine
 
-        check_engine(spec, url)
-        options = WorkerOptions(heartbeat, grace, max_retry, max_trials)
-        if worker:  # seeds the sampler: workers seeded alike would propose the same points
-            import os
-            import socket
+    check_engine(spec, url)
+    options = WorkerOptions(heartbeat, grace, max_retry, max_trials)
+    if worker:  # seeds the sampler: workers seeded alike would propose the same points
+        import os
+        import socket
 
-            identity = f"{socket.gethostname()}:{os.getpid()}"
-            options.worker = worker_index if worker_index is not None else identity
-        if spec.engine == "keras_tuner":
-            from hpsearch.kt_engine import run_search as run_keras_tuner
+        identity = f"{socket.gethostname()}:{os.getpid()}"
+        options.worker = worker_index if worker_index is not None else identity
+    if spec.engine == "keras_tuner":
+        from hpsearch.kt_engine import run_search as run_keras_tuner
 
-            options = WorkerOptions(0, max_retry=0)
-            outcome = run_keras_tuner(spec, url, n_trials or None, timeout or None,
-                                      echo=click.echo, verbose=0 if quiet else 2,
-                                      options=options)  # fmt: skip
-        else:
-            outcome = run_search(spec, url, n_trials or None, timeout or None, echo=click.echo,
-                                 verbose=0 if quiet else 2, options=options,
-                                 warn=lambda line: click.echo(line, err=True))  # fmt: skip
-    except HpsearchError as error:
-        fail(error)
+        options = WorkerOptions(0, max_retry=0)
+        outcome = run_keras_tuner(spec, url, n_trials or None, timeout or None,
+                                  echo=click.echo, verbose=0 if quiet else 2,
+                                  options=options)  # fmt: skip
+    else:
+        outcome = run_search(spec, url, n_trials or None, timeout or None, echo=click.echo,
+                             verbose=0 if quiet else 2, options=options,
+                             warn=lambda line: click.echo(line, err=True))  # fmt: skip
     if summary:
         click.echo(describe(outcome))
     if outcome.interrupted:
@@ -117,10 +114,7 @@ def search(study_file, n_trials, timeout, storage, tracking_uri, data_dir, limit
            heartbeat, grace, max_retry, quiet, workers, engine) -> None:  # fmt: skip
     """Run or resume the study a study file describes (Optuna or KerasTuner), tracked in MLflow."""
     if workers == "auto":
-        try:
-            spec = _load(study_file, overrides, data_dir, limit, engine)
-        except HpsearchError as error:
-            fail(error)
+        spec = _load(study_file, overrides, data_dir, limit, engine)
         from hpsearch.gpu_share import auto_workers
 
         workers = 1 if spec.engine == "keras_tuner" else auto_workers(spec, click.echo)
@@ -129,27 +123,24 @@ def search(study_file, n_trials, timeout, storage, tracking_uri, data_dir, limit
              heartbeat, grace, max_retry, quiet, engine=engine)  # fmt: skip
         return
     stop_on_sigterm()
-    try:
-        spec = _load(study_file, overrides, data_dir, limit, engine)
-        if spec.engine == "keras_tuner":
-            raise HpsearchError(
-                f"{study_file}: a keras_tuner study runs in one process: leave out --workers"
-            )
-        url = storage_for(storage, tracking_uri)
-        from hpsearch.workers import launch_workers
+    spec = _load(study_file, overrides, data_dir, limit, engine)
+    if spec.engine == "keras_tuner":
+        raise HpsearchError(
+            f"{study_file}: a keras_tuner study runs in one process: leave out --workers"
+        )
+    url = storage_for(storage, tracking_uri)
+    from hpsearch.workers import launch_workers
 
-        passed = [study_file, "--heartbeat", str(heartbeat), "--max-retry", str(max_retry)]
-        passed += ["--n-trials", str(n_trials)] if n_trials else []
-        passed += ["--timeout", str(timeout)] if timeout else []
-        passed += ["--grace", str(grace)] if grace else []
-        passed += ["--data-dir", data_dir] if data_dir else []
-        passed += ["--limit", str(limit)] if limit else []
-        passed += [arg for item in overrides for arg in ("--set", item)]
-        passed += ["--quiet"] if quiet else []
-        code = launch_workers(spec, url, workers, n_trials or None, passed, click.echo,
-                              max_retry=max_retry)  # fmt: skip
-    except HpsearchError as error:
-        fail(error)
+    passed = [study_file, "--heartbeat", str(heartbeat), "--max-retry", str(max_retry)]
+    passed += ["--n-trials", str(n_trials)] if n_trials else []
+    passed += ["--timeout", str(timeout)] if timeout else []
+    passed += ["--grace", str(grace)] if grace else []
+    passed += ["--data-dir", data_dir] if data_dir else []
+    passed += ["--limit", str(limit)] if limit else []
+    passed += [arg for item in overrides for arg in ("--set", item)]
+    passed += ["--quiet"] if quiet else []
+    code = launch_workers(spec, url, workers, n_trials or None, passed, click.echo,
+                          max_retry=max_retry)  # fmt: skip
     sys.exit(code)
 
 
@@ -215,14 +206,11 @@ def server(host, port, backend_store_uri, artifacts_destination, auth, allowed_h
     """Start an MLflow tracking server with safe local defaults."""
     from hpsearch.workers import server_command
 
-    try:
-        command, environment = server_command(host, port, backend_store_uri,
-                                              artifacts_destination, auth, workers,
-                                              click.echo)  # fmt: skip
-        if allowed_hosts:
-            command += ["--allowed-hosts", allowed_hosts]
-    except HpsearchError as error:
-        fail(error)
+    command, environment = server_command(host, port, backend_store_uri,
+                                          artifacts_destination, auth, workers,
+                                          click.echo)  # fmt: skip
+    if allowed_hosts:
+        command += ["--allowed-hosts", allowed_hosts]
     import os
 
     # the backend store URI (and its password) goes in the environment, not in argv (ps)
@@ -242,7 +230,7 @@ def validate(study_files: tuple[str, ...], quiet: bool) -> None:
         try:
             study = load_study(path)
         except HpsearchError as error:
-            click.echo(f"Error: {error}", err=True)
+            say_error(error)
             failed = True
             continue
         if quiet:

@@ -9,13 +9,11 @@ import click
 
 from hpsearch.cli.common import (
     DATASETS,
-    fail,
     load_keras_quietly,
     tracking_in_effect,
     tracking_option,
     use_tracking,
 )
-from hpsearch.errors import HpsearchError
 
 
 def config_options(function):
@@ -89,25 +87,22 @@ def train(
     quiet: bool,
 ) -> None:
     """Train one config, evaluate it, and log it to MLflow."""
-    try:
-        _train(
-            config_path,
-            overrides,
-            dict(
-                dataset=dataset,
-                data_dir=data_dir or None,
-                limit=limit or None,
-                validation_fraction=validation_fraction,
-            ),
-            tracking_uri,
-            experiment,
-            run_name,
-            evaluate_test,
-            no_tracking,
-            quiet,
-        )
-    except HpsearchError as error:
-        fail(error)
+    _train(
+        config_path,
+        overrides,
+        dict(
+            dataset=dataset,
+            data_dir=data_dir or None,
+            limit=limit or None,
+            validation_fraction=validation_fraction,
+        ),
+        tracking_uri,
+        experiment,
+        run_name,
+        evaluate_test,
+        no_tracking,
+        quiet,
+    )
 
 
 def _train(
@@ -173,10 +168,7 @@ def show_config(config_path: str | None, overrides: tuple[str, ...]) -> None:
     """Print the resolved trial config as YAML, and what each key allows."""
     from hpsearch.config import TrialConfig, allowed_values, load_config, parse_overrides
 
-    try:
-        config = load_config(config_path, parse_overrides(overrides))
-    except HpsearchError as error:
-        fail(error)
+    config = load_config(config_path, parse_overrides(overrides))
     click.echo(config.to_yaml().rstrip())
     click.echo("\n# allowed values:")
     for key in TrialConfig.model_fields:
