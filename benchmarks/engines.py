@@ -59,9 +59,9 @@ def study_dict(name: str, engine: str, sampler: str, args, seed: int) -> dict:
 def run_one(engine: str, sampler: str, args, seed: int, folder: Path) -> dict:
     import optuna
 
-    from hpsearch import kt_engine
-    from hpsearch.driver import run_search
-    from hpsearch.study import parse_study
+    from hpsearch.search import keras_tuner_engine as kt_engine
+    from hpsearch.search.optuna_engine import run_search
+    from hpsearch.search.study_file import parse_study
 
     name = f"{engine}_{sampler}_{seed}"
     spec = parse_study(study_dict(name, engine, sampler, args, seed), f"{name}.yaml")
@@ -103,7 +103,9 @@ def main() -> None:
         mlflow.set_tracking_uri(f"sqlite:///{folder / 'mlflow.db'}")
         mlflow.MlflowClient().search_experiments()  # the store's tables, before any clock
         from hpsearch.config import make_data_spec
-        from hpsearch.trial import load_splits  # decode and cache the subset before any clock
+        from hpsearch.tracking.trial import (
+            load_splits,  # decode and cache the subset before any clock
+        )
 
         load_splits(make_data_spec({"dataset": "folder", "data_dir": args.data_dir,
                                     "limit": args.limit}))  # fmt: skip

@@ -46,8 +46,8 @@ def child(args: argparse.Namespace) -> None:
     import keras
     import numpy as np
 
-    from hpsearch.builder import build_model
     from hpsearch.config import make_config
+    from hpsearch.model.builder import build_model
 
     config = make_config(model_config(args.child, args.batch, args.precision))
     rng = np.random.default_rng(args.index)
@@ -67,7 +67,7 @@ def child(args: argparse.Namespace) -> None:
 
 
 def run_packed(name: str, workers: int, args: argparse.Namespace) -> dict:
-    from hpsearch.gpu_share import worker_env
+    from hpsearch.search.gpu_share import worker_env
 
     barrier = tempfile.mkdtemp(prefix="packing-")
     env = {**os.environ, **worker_env(workers), "PYTHONPATH": os.pathsep.join(
@@ -125,7 +125,7 @@ def main() -> None:
     if args.child:
         child(args)
         return
-    from hpsearch.gpu_share import gpu_memory
+    from hpsearch.search.gpu_share import gpu_memory
 
     memory = gpu_memory()
     args.precision = args.precision or ("mixed_bfloat16" if memory else "float32")

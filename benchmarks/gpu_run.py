@@ -111,8 +111,8 @@ def main() -> None:
     import keras
 
     from hpsearch.config import make_config, make_data_spec
-    from hpsearch.runner import evaluate, run_trial, train_final
-    from hpsearch.trial import load_splits
+    from hpsearch.tracking.trial import load_splits
+    from hpsearch.training.runner import evaluate, run_trial, train_final
 
     spec = make_data_spec({"dataset": "folder", "data_dir": args.data_dir,
                            "limit": args.limit or None})  # fmt: skip

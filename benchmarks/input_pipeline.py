@@ -30,7 +30,7 @@ OURS = "hpsearch (uint8, Keras layers, tf.data prefetch)"
 def reference_generator():
     from keras.src.legacy.preprocessing.image import ImageDataGenerator
 
-    from hpsearch.augmentation import SHIFT_FRACTION, ZOOM_FRACTION
+    from hpsearch.model.augmentation import SHIFT_FRACTION, ZOOM_FRACTION
 
     return ImageDataGenerator(
         rescale=1 / 255,
@@ -47,7 +47,7 @@ def hpsearch_batches(images: np.ndarray, batch_size: int):
     import keras
     import tensorflow as tf
 
-    from hpsearch.augmentation import in_model_layers
+    from hpsearch.model.augmentation import in_model_layers
 
     front = keras.Sequential([keras.layers.Rescaling(1 / 255), *in_model_layers(["standard"], 0)])
     return (
@@ -78,8 +78,8 @@ def end_to_end(images, labels, classes, batch_size, epochs=1, precision="float32
     """
     import keras
 
-    from hpsearch.builder import build_model
     from hpsearch.config import make_config
+    from hpsearch.model.builder import build_model
 
     whole = len(images) - len(images) % batch_size
     images, labels = images[:whole], labels[:whole]

@@ -42,8 +42,8 @@ def simulate(pruner: str, factor: int, trials: int, sampler: str, seed: int, epo
     import numpy as np
     import optuna
 
-    from hpsearch.samplers import make_pruner, make_sampler
-    from hpsearch.study import parse_study
+    from hpsearch.search.samplers import make_pruner, make_sampler
+    from hpsearch.search.study_file import parse_study
 
     # The pruner and sampler a study file with these settings gets in a real search.
     spec = parse_study(

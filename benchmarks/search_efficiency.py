@@ -37,8 +37,8 @@ SPACE = {
 def run(name: str, sampler: dict, pruner: dict, args, folder: str) -> list[object]:
     import optuna
 
-    from hpsearch.driver import run_search
-    from hpsearch.study import parse_study
+    from hpsearch.search.optuna_engine import run_search
+    from hpsearch.search.study_file import parse_study
 
     spec = parse_study(
         {"name": name, "sampler": sampler, "pruner": pruner, "n_trials": args.trials,

@@ -44,9 +44,9 @@ def main() -> None:
     import keras
     import mlflow
 
-    import hpsearch.driver
-    from hpsearch.driver import run_search
-    from hpsearch.study import parse_study
+    import hpsearch.search.optuna_engine
+    from hpsearch.search.optuna_engine import run_search
+    from hpsearch.search.study_file import parse_study
 
     peaks: dict[int, float] = {}
 
@@ -76,12 +76,12 @@ def main() -> None:
     )  # fmt: skip
     if args.figures == "in-process":
 
-        class InProcess(hpsearch.driver.DrawingProcess):
+        class InProcess(hpsearch.search.optuna_engine.DrawingProcess):
             def __init__(self) -> None:
                 super().__init__()
                 self.in_process = True
 
-        hpsearch.driver.DrawingProcess = InProcess
+        hpsearch.search.optuna_engine.DrawingProcess = InProcess
     with tempfile.TemporaryDirectory() as folder:
         mlflow.set_tracking_uri(f"sqlite:///{folder}/mlflow.db")
         mlflow.MlflowClient().search_experiments()  # the store's tables, before the clock

@@ -40,7 +40,7 @@ def child(mode: str, data_dir: str, limit: int, epochs: int) -> dict:
     import keras
 
     from hpsearch.config import make_config, make_data_spec
-    from hpsearch.trial import load_splits
+    from hpsearch.tracking.trial import load_splits
 
     epochs_s: list[float] = []
 
@@ -60,8 +60,8 @@ def child(mode: str, data_dir: str, limit: int, epochs: int) -> dict:
         if mode == "hpsearch":
             import mlflow
 
-            from hpsearch.driver import run_search
-            from hpsearch.study import parse_study
+            from hpsearch.search.optuna_engine import run_search
+            from hpsearch.search.study_file import parse_study
 
             mlflow.set_tracking_uri(f"sqlite:///{folder}/mlflow.db")
             study = parse_study(
@@ -81,7 +81,7 @@ def child(mode: str, data_dir: str, limit: int, epochs: int) -> dict:
             )
             fit = trial.trials[0].user_attrs["fit_time_s"]
             return {"wall": wall, "fit": fit, "epochs": epochs_s}
-        from hpsearch.builder import build_model
+        from hpsearch.model.builder import build_model
 
         started = time.perf_counter()
         splits, _ = load_splits(spec)

@@ -35,11 +35,11 @@ def main() -> None:
 
     import keras
 
-    from hpsearch.builder import build_model
     from hpsearch.config import DataSpec, make_config
-    from hpsearch.runner import release_traced_functions
-    from hpsearch.session import release_trial_state
-    from hpsearch.trial import load_splits
+    from hpsearch.model.builder import build_model
+    from hpsearch.tracking.trial import load_splits
+    from hpsearch.training.runner import release_traced_functions
+    from hpsearch.training.session import release_trial_state
 
     splits, _ = load_splits(DataSpec(dataset=args.dataset, limit=args.limit))
     classes = splits.num_classes

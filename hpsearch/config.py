@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from hpsearch.errors import ConfigError
 
 Architecture = Literal["baseline1", "baseline2", "resnet9"]
-#: the optimizers that take the config's ``momentum`` (hpsearch.optimizers builds them so)
+#: the optimizers that take the config's ``momentum`` (hpsearch.model.optimizers builds them so)
 USES_MOMENTUM = frozenset({"sgd_momentum", "sgd_nesterov", "rmsprop_momentum"})
 NOT_APPLICABLE = "n/a"  # a logged param whose factor the trial does not use
 
@@ -352,7 +352,7 @@ def _scalar(raw: str) -> Any:
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrialConfig:
     """Read a YAML trial config (or start from the defaults) and apply overrides."""
-    from hpsearch.safe_yaml import load_yaml_file
+    from hpsearch.util.safe_yaml import load_yaml_file
 
     values: dict[str, Any] = {}
     where = "trial config"

@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image
 
 from hpsearch.errors import DataError
-from hpsearch.progress import WorkProgress
+from hpsearch.util.progress import WorkProgress
 
 log = logging.getLogger(__name__)
 

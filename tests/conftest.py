@@ -39,7 +39,7 @@ TRIAL_ARTIFACTS = {
 
 
 def drawing_children() -> list[int]:
-    """Live child processes of this one that run ``hpsearch.drawing`` (Linux /proc)."""
+    """Live child processes of this one that run ``hpsearch.figures.drawing`` (Linux /proc)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -51,7 +51,7 @@ def drawing_children() -> list[int]:
             continue
         fields = stat.rsplit(")", 1)[1].split()
         state, parent = fields[0], int(fields[1])
-        if parent == os.getpid() and state != "Z" and b"hpsearch.drawing" in command:
+        if parent == os.getpid() and state != "Z" and b"hpsearch.figures.drawing" in command:
             found.append(int(entry.name))
     return found
 
@@ -102,8 +102,8 @@ def pruned_study(tmp_path: Path, epochs: int, **pruner):
     """An Optuna study on SQLite with the pruner a study file with ``pruner`` would get."""
     import optuna
 
-    from hpsearch.samplers import make_pruner
-    from hpsearch.study import parse_study
+    from hpsearch.search.samplers import make_pruner
+    from hpsearch.search.study_file import parse_study
 
     spec = parse_study(
         {"name": "rungs", "n_trials": 3, "fixed": {"epochs": epochs}, "pruner": pruner},

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import run_under_jax
 
-from hpsearch.analysis import (
+from hpsearch.choose.analysis import (
     confused_pairs,
     grad_cam,
     grad_cam_maps,
@@ -18,8 +18,8 @@ from hpsearch.analysis import (
     save_grad_cam,
     save_misclassified_gallery,
 )
-from hpsearch.builder import build_network, inference_model
 from hpsearch.config import make_config
+from hpsearch.model.builder import build_network, inference_model
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 NAMES = ["cat", "dog", "bird"]
@@ -243,8 +243,8 @@ def test_grad_cam_runs_on_the_jax_backend():
         """
         import keras, numpy as np
         assert keras.backend.backend() == "jax", keras.backend.backend()
-        from hpsearch.analysis import grad_cam
-        from hpsearch.builder import build_network
+        from hpsearch.choose.analysis import grad_cam
+        from hpsearch.model.builder import build_network
         from hpsearch.config import make_config
         model = build_network(make_config({"architecture": "baseline1"}), (8, 8, 1), 3)
         x = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 1), dtype=np.uint8)

@@ -6,9 +6,9 @@ import keras
 import numpy as np
 import pytest
 
-from hpsearch.augmentation import GridMask, MixedBatches, in_model_layers
-from hpsearch.builder import build_network
 from hpsearch.config import make_config
+from hpsearch.model.augmentation import GridMask, MixedBatches, in_model_layers
+from hpsearch.model.builder import build_network
 
 SHAPE = (32, 32, 3)
 

@@ -14,12 +14,12 @@ from conftest import TRIAL_ARTIFACTS, drawing_children, parents_and_children
 from matplotlib.image import imread
 
 from hpsearch.config import DataSpec, make_config
-from hpsearch.driver import StaleTrialHandler, run_search
-from hpsearch.runner import run_trial
-from hpsearch.session import release_trial_state, seed_trial
-from hpsearch.study import parse_study
-from hpsearch.trial import load_splits
-from hpsearch.uploads import Uploader
+from hpsearch.search.optuna_engine import StaleTrialHandler, run_search
+from hpsearch.search.study_file import parse_study
+from hpsearch.tracking.trial import load_splits
+from hpsearch.tracking.uploads import Uploader
+from hpsearch.training.runner import run_trial
+from hpsearch.training.session import release_trial_state, seed_trial
 
 
 def _live_graphs() -> int:
@@ -138,7 +138,7 @@ def test_every_trial_run_is_closed_with_its_artifacts_after_the_search(stores, c
         },
         "uploads.yaml",
     )
-    with caplog.at_level(logging.WARNING, logger="hpsearch.drawing"):
+    with caplog.at_level(logging.WARNING, logger="hpsearch.figures.drawing"):
         outcome = run_search(spec, storage, echo=lambda _: None, verbose=0)
     assert outcome.counts["complete"] == 3
     assert "drawing process unavailable" not in caplog.text  # the figures came from the child

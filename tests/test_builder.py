@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from conftest import run_under_jax
 
-from hpsearch.builder import build_model, build_network, inference_model, with_mirror_average
 from hpsearch.config import make_config
 from hpsearch.errors import ConfigError
+from hpsearch.model.builder import build_model, build_network, inference_model, with_mirror_average
 
 SHAPE = (16, 16, 3)
 
@@ -322,7 +322,7 @@ def test_model_takes_raw_uint8_images_and_scales_them():
     (0, {0: 0.1, 25: 0.05, 50: 0.0}),  # no warm-up: the cosine over all 50 steps
 ])  # fmt: skip
 def test_cosine_schedule_warms_up_linearly_from_zero_then_decays(warmup, rates):
-    from hpsearch.optimizers import build_optimizer
+    from hpsearch.model.optimizers import build_optimizer
 
     config = make_config({"optimizer": "sgd_nesterov", "learning_rate": 0.1, "epochs": 10,
                           "lr_schedule": "cosine", "warmup_epochs": warmup})  # fmt: skip
@@ -387,7 +387,7 @@ def test_logit_scale_multiplies_the_logits_and_adds_no_weights(architecture):
 
 @pytest.mark.slow
 def test_grad_cam_reads_a_network_with_a_logit_scale():
-    from hpsearch.analysis import grad_cam
+    from hpsearch.choose.analysis import grad_cam
 
     for architecture in ("baseline1", "resnet9"):
         model = network(architecture=architecture, logit_scale=0.125)
@@ -416,7 +416,7 @@ def test_mirror_average_runs_on_the_jax_backend():
         """
         import keras, numpy as np
         assert keras.backend.backend() == "jax", keras.backend.backend()
-        from hpsearch.builder import inference_model, build_network
+        from hpsearch.model.builder import inference_model, build_network
         from hpsearch.config import make_config
         config = make_config({"architecture": "baseline1", "test_time_flip": True})
         model = build_network(config, (8, 8, 1), 3)

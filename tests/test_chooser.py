@@ -20,12 +20,12 @@ import optuna
 import pytest
 from mlflow import MlflowClient
 
-from hpsearch.chooser import best_trial, combine, load_study
-from hpsearch.driver import run_search
+from hpsearch.choose.chooser import best_trial, combine, load_study
+from hpsearch.choose.report import write_report
 from hpsearch.errors import HpsearchError
-from hpsearch.export import read_metadata
-from hpsearch.report import write_report
-from hpsearch.study import parse_study
+from hpsearch.model.export import read_metadata
+from hpsearch.search.optuna_engine import run_search
+from hpsearch.search.study_file import parse_study
 
 pytestmark = pytest.mark.slow  # trains studies (module fixture); the real CLI, an MLflow server
 

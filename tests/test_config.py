@@ -54,7 +54,7 @@ def test_config_augmentation_combinations_parse_and_log_flat():
 
 def test_factors_a_trial_does_not_use_are_logged_as_not_applicable():
     from hpsearch.config import USES_MOMENTUM
-    from hpsearch.optimizers import _OPTIMIZERS
+    from hpsearch.model.optimizers import _OPTIMIZERS
 
     assert USES_MOMENTUM == {n for n, (_, extra) in _OPTIMIZERS.items() if extra.get("momentum")}
     adam = make_config({"optimizer": "adam"}).to_params()

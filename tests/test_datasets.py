@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hpsearch import datasets, progress
+from hpsearch import datasets
 from hpsearch.datasets import (
     CIFAR10_ENV,
     CIFAR10_NAMES,
@@ -33,7 +33,8 @@ from hpsearch.datasets import (
     split_dataset,
 )
 from hpsearch.errors import DataError
-from hpsearch.progress import PROGRESS_ENV
+from hpsearch.util import progress
+from hpsearch.util.progress import PROGRESS_ENV
 
 CLASSES = ("cat", "dog", "frog")
 

@@ -13,8 +13,8 @@ import pytest
 from conftest import drawing_children
 from matplotlib.image import imread
 
-from hpsearch.drawing import DrawingProcess
-from hpsearch.plots import save_confusion_matrix, save_training_curves
+from hpsearch.figures.drawing import DrawingProcess
+from hpsearch.figures.plots import save_confusion_matrix, save_training_curves
 
 HISTORY = {
     "loss": [1.2, 0.8, 0.6],
@@ -75,7 +75,7 @@ def test_an_error_in_the_drawing_is_raised_in_the_caller(drawer, tmp_path):
 def test_a_dead_child_falls_back_to_drawing_in_process_with_a_warning(drawer, tmp_path, caplog):
     child = drawer.draw(os.getpid)
     os.kill(child, signal.SIGKILL)
-    with caplog.at_level(logging.WARNING, logger="hpsearch.drawing"):
+    with caplog.at_level(logging.WARNING, logger="hpsearch.figures.drawing"):
         path = drawer.draw(save_training_curves, HISTORY, tmp_path / "c.png")
     assert path.stat().st_size > 0
     assert "drawing in-process" in caplog.text
@@ -111,7 +111,7 @@ def test_a_drawing_sent_to_a_child_that_dies_is_drawn_in_process(drawer, tmp_pat
     curves = drawer.submit(save_training_curves, HISTORY, tmp_path / "c.png")
     pid = drawer.submit(os.getpid)
     os.kill(child, signal.SIGKILL)
-    with caplog.at_level(logging.WARNING, logger="hpsearch.drawing"):
+    with caplog.at_level(logging.WARNING, logger="hpsearch.figures.drawing"):
         assert pid() == os.getpid()
         assert curves().stat().st_size > 0
     assert "drawing in-process" in caplog.text

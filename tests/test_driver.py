@@ -11,8 +11,8 @@ import pytest
 from conftest import parents_and_children
 from optuna.trial import TrialState
 
-from hpsearch.driver import run_search
-from hpsearch.study import parse_study
+from hpsearch.search.optuna_engine import run_search
+from hpsearch.search.study_file import parse_study
 
 
 def tiny_study(name: str, **settings) -> dict:
@@ -135,7 +135,7 @@ def test_pruned_study_prunes_and_saves_epochs(stores):
 def test_sqlite_storage_writes_ahead_and_a_second_worker_reads_while_it_writes(tmp_path):
     import sqlite3
 
-    from hpsearch.driver import WorkerOptions, make_storage
+    from hpsearch.search.optuna_engine import WorkerOptions, make_storage
 
     url = f"sqlite:///{tmp_path}/optuna.db"
     first = make_storage(url, WorkerOptions(heartbeat=0))
@@ -156,7 +156,7 @@ def test_sqlite_storage_writes_ahead_and_a_second_worker_reads_while_it_writes(t
 
 @pytest.mark.slow
 def test_ctrl_c_after_the_run_closed_but_before_optuna_recorded_the_trial(stores, monkeypatch):
-    from hpsearch import driver
+    from hpsearch.search import optuna_engine as driver
 
     def interrupted(self, trial, result):  # Ctrl-C lands just after the run's `with` block
         raise KeyboardInterrupt
@@ -179,7 +179,7 @@ def test_ctrl_c_after_the_run_closed_but_before_optuna_recorded_the_trial(stores
 
 
 def test_summary_draws_importances_only_for_two_completed_trials_with_searched_params(tmp_path):
-    from hpsearch.summary import write_summary
+    from hpsearch.search.summary import write_summary
 
     def drawn(objective, trials: int) -> set[str]:
         study = optuna.create_study(direction="maximize")
@@ -196,7 +196,7 @@ def test_summary_draws_importances_only_for_two_completed_trials_with_searched_p
 def test_the_summary_leaves_matplotlibs_settings_as_it_found_them(tmp_path):
     import matplotlib
 
-    from hpsearch.summary import write_summary
+    from hpsearch.search.summary import write_summary
 
     study = optuna.create_study(direction="maximize")
     study.optimize(lambda trial: trial.suggest_float("learning_rate", 1e-4, 1e-2), n_trials=3)
@@ -207,7 +207,7 @@ def test_the_summary_leaves_matplotlibs_settings_as_it_found_them(tmp_path):
 
 
 def test_the_progress_line_counts_outcomes_and_names_the_best_trial_as_optuna_does():
-    from hpsearch.progress import StudyProgress
+    from hpsearch.util.progress import StudyProgress
 
     for direction, values in (("maximize", [0.3, 0.9, None, 0.9, 0.1]),
                               ("minimize", [0.3, 0.9, None, 0.1, 0.1])):  # fmt: skip

@@ -19,11 +19,11 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from hpsearch.config import DataSpec, make_config
-from hpsearch.driver import run_search
-from hpsearch.study import parse_study
+from hpsearch.search.optuna_engine import run_search
+from hpsearch.search.study_file import parse_study
 from hpsearch.tracking import TrialRun, finish_spooled_uploads
-from hpsearch.trial import load_splits, tracked_trial
-from hpsearch.uploads import Uploader
+from hpsearch.tracking.trial import load_splits, tracked_trial
+from hpsearch.tracking.uploads import Uploader
 
 pytestmark = pytest.mark.slow  # real workers killed after training, an MLflow server
 

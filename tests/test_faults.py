@@ -4,7 +4,7 @@ the tracking server killed mid-trial, a worker of a seeded pair killed; then a r
 After each: the study reaches exactly its total, no configuration ran to completion twice,
 no Optuna trial or MLflow run is left RUNNING, every COMPLETE trial's run holds its model
 and figures. The worker stops itself at the named moment (``HPSEARCH_FAILPOINT``, see
-:mod:`hpsearch.failpoints`), so the signal lands there and not after a guessed sleep.
+:mod:`hpsearch.util.failpoints`), so the signal lands there and not after a guessed sleep.
 
 Real processes, real SQLite and PostgreSQL storages, a real MLflow server, tiny digits models.
 """
@@ -23,7 +23,7 @@ from conftest import TRIAL_ARTIFACTS, command, environment, parents_and_children
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from hpsearch.failpoints import ENV, POINTS
+from hpsearch.util.failpoints import ENV, POINTS
 
 pytestmark = pytest.mark.slow  # real workers killed mid-trial, a real MLflow server
 
@@ -208,8 +208,8 @@ def test_a_worker_of_a_seeded_pair_killed_then_a_rerun(mlflow_server, tmp_path):
 
 def test_a_grid_point_that_never_completed_is_named_when_the_grid_ends(tmp_path):
     """Optuna's grid counts a failed point as visited: the search says which and why."""
-    from hpsearch.driver import _warn_grid_points_lost
-    from hpsearch.study import load_study
+    from hpsearch.search.optuna_engine import _warn_grid_points_lost
+    from hpsearch.search.study_file import load_study
 
     spec = load_study(study_file(tmp_path, "given-up"))
     study = optuna.create_study(study_name="given-up", storage=f"sqlite:///{tmp_path / 'o.db'}")

@@ -16,17 +16,18 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.image import imread
 
-from hpsearch import report, summary
-from hpsearch.analysis import grad_cam_figure, misclassified_figure, save_grad_cam
-from hpsearch.plots import (
+from hpsearch.choose import report
+from hpsearch.choose.analysis import grad_cam_figure, misclassified_figure, save_grad_cam
+from hpsearch.choose.reference import REFERENCE_NUMBERS
+from hpsearch.choose.reproduce import NumberRow, numbers_figure
+from hpsearch.figures.plots import (
     confusion_matrix_figure,
     save_confusion_matrix,
     save_training_curves,
     shorten_settings,
     training_curves_figure,
 )
-from hpsearch.reference import REFERENCE_NUMBERS
-from hpsearch.reproduce import NumberRow, numbers_figure
+from hpsearch.search import summary
 
 HISTORY = {
     "loss": [1.2, 0.8, 0.6, 0.5, 0.45],

@@ -5,9 +5,9 @@ from __future__ import annotations
 import optuna
 import pytest
 
+from hpsearch.choose.findings import FINDINGS, Results, verdicts
+from hpsearch.choose.reference import CARRIED, COMBINED
 from hpsearch.config import make_config
-from hpsearch.findings import FINDINGS, Results, verdicts
-from hpsearch.reference import CARRIED, COMBINED
 
 BY_KEY = {finding.key: finding for finding in FINDINGS}
 

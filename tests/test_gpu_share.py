@@ -6,8 +6,8 @@ import click
 import pytest
 
 from hpsearch.cli.common import WorkerCount
-from hpsearch.gpu_share import GIB, Footprint, _largest, choose_workers, worker_env
-from hpsearch.study import load_study
+from hpsearch.search.gpu_share import GIB, Footprint, _largest, choose_workers, worker_env
+from hpsearch.search.study_file import load_study
 
 BASELINE2 = Footprint(params=307_498, activations_per_image=266_250, batch_size=256)
 

@@ -17,8 +17,14 @@ from conftest import command, environment, parents_and_children
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from hpsearch.driver import WorkerOptions, _process_start, _worker_gone, make_storage, run_search
-from hpsearch.study import parse_study
+from hpsearch.search.optuna_engine import (
+    WorkerOptions,
+    _process_start,
+    _worker_gone,
+    make_storage,
+    run_search,
+)
+from hpsearch.search.study_file import parse_study
 
 HOST = socket.gethostname()
 

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from conftest import run_under_jax
 
-from hpsearch.builder import build_network
 from hpsearch.config import DataSpec, make_config
 from hpsearch.errors import ConfigError
-from hpsearch.optimizers import SwitchingAdam, SwitchToSgd, build_optimizer
-from hpsearch.runner import run_trial
-from hpsearch.trial import load_splits
+from hpsearch.model.builder import build_network
+from hpsearch.model.optimizers import SwitchingAdam, SwitchToSgd, build_optimizer
+from hpsearch.tracking.trial import load_splits
+from hpsearch.training.runner import run_trial
 
 
 def digits():

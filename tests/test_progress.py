@@ -22,7 +22,7 @@ import optuna
 import pytest
 from conftest import command, environment
 
-from hpsearch.progress import PROGRESS_ENV, StudyProgress
+from hpsearch.util.progress import PROGRESS_ENV, StudyProgress
 
 # elapsed<left, as tqdm writes them: [00:03<00:01
 ETA = re.compile(r"\[\d\d:\d\d<\d\d:\d\d")

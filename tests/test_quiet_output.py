@@ -12,16 +12,16 @@ import keras
 import pytest
 from conftest import environment
 
-from hpsearch.driver import WorkerOptions, run_search
-from hpsearch.study import parse_study
+from hpsearch.search.optuna_engine import WorkerOptions, run_search
+from hpsearch.search.study_file import parse_study
 
 pytestmark = pytest.mark.slow  # searches that train
 
 SCRIPT = """\
     import os, signal
     import keras, mlflow
-    from hpsearch.driver import run_search
-    from hpsearch.study import parse_study
+    from hpsearch.search.optuna_engine import run_search
+    from hpsearch.search.study_file import parse_study
 
     mlflow.set_tracking_uri("sqlite:///mlflow.db")
 

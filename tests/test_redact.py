@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from hpsearch.redact import hide_password, redact_logs
+from hpsearch.util.redact import hide_password, redact_logs
 
 # (text, expected output, the secrets that must not survive)
 CASES = [

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from hpsearch.choose.reference import REFERENCE_NUMBERS, STUDY_ORDER, reference_numbers
 from hpsearch.config import make_config
-from hpsearch.reference import REFERENCE_NUMBERS, STUDY_ORDER, reference_numbers
-from hpsearch.space import grid_space
-from hpsearch.study import load_study
+from hpsearch.search.space import grid_space
+from hpsearch.search.study_file import load_study
 
 STUDIES = Path(__file__).parents[1] / "studies"
 SPEC = Path(__file__).parents[2] / "shared" / "SPEC.md"

@@ -6,13 +6,13 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from hpsearch.chooser import best_trial, describe_best
-from hpsearch.driver import run_search
+from hpsearch.choose.chooser import best_trial, describe_best
+from hpsearch.choose.repeats import config_key, group_trials, mean_sd
+from hpsearch.choose.report import write_report
 from hpsearch.errors import ConfigError
-from hpsearch.repeats import config_key, group_trials, mean_sd
-from hpsearch.report import write_report
-from hpsearch.space import grid_size
-from hpsearch.study import parse_study
+from hpsearch.search.optuna_engine import run_search
+from hpsearch.search.space import grid_size
+from hpsearch.search.study_file import parse_study
 
 
 def tiny(name: str, **settings) -> dict:

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import command, environment
 
-from hpsearch.findings import FINDINGS
-from hpsearch.reference import REFERENCE_NUMBERS, STUDY_ORDER
+from hpsearch.choose.findings import FINDINGS
+from hpsearch.choose.reference import REFERENCE_NUMBERS, STUDY_ORDER
 
 ARCHIVE = Path(__file__).parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
 

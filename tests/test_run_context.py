@@ -9,7 +9,7 @@ import time
 import pytest
 
 from hpsearch.tracking import TrialRun, context_tags
-from hpsearch.uploads import Uploader
+from hpsearch.tracking.uploads import Uploader
 
 pytestmark = pytest.mark.slow  # trials that train, on fresh SQLite MLflow stores
 

@@ -12,8 +12,8 @@ import pytest
 from conftest import pruned_study
 
 from hpsearch.config import DataSpec, make_config
-from hpsearch.runner import evaluate, run_trial
-from hpsearch.trial import load_splits
+from hpsearch.tracking.trial import load_splits
+from hpsearch.training.runner import evaluate, run_trial
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def test_the_kept_weights_are_those_of_the_monitors_best_epoch(splits, monitor):
 def test_pruning_steps_are_epochs_trained(splits, tmp_path):
     import optuna
 
-    from hpsearch.pruning import EpochPruningCallback
+    from hpsearch.search.pruning import EpochPruningCallback
 
     study = pruned_study(tmp_path, epochs=3, type="successive_halving", min_resource=1)
     outcomes = []
@@ -115,7 +115,7 @@ def test_ctrl_c_in_fit_is_raised_at_the_next_step_boundary_or_at_once_the_second
 @pytest.mark.parametrize(("warmup", "final_epochs"), [(0, 3), (2, 2)])
 def test_the_final_fit_runs_its_cosine_schedule_to_the_end(splits, warmup, final_epochs):
     """Retrained for fewer epochs than the trial's maximum, the rate still decays to zero."""
-    from hpsearch.runner import train_final
+    from hpsearch.training.runner import train_final
 
     config = make_config({"architecture": "baseline1", "epochs": 8, "optimizer": "sgd_momentum",
                           "learning_rate": 0.05, "lr_schedule": "cosine",
@@ -130,7 +130,7 @@ def test_the_final_fit_runs_its_cosine_schedule_to_the_end(splits, warmup, final
 
 
 def test_schedule_over_keeps_every_other_factor():
-    from hpsearch.runner import schedule_over
+    from hpsearch.training.runner import schedule_over
 
     config = make_config({"architecture": "baseline2", "epochs": 30, "lr_schedule": "cosine",
                           "warmup_epochs": 5, "dropout": "0.2/0.3/0.4",
@@ -145,7 +145,7 @@ def test_schedule_over_keeps_every_other_factor():
 
 @pytest.mark.slow
 def test_test_time_flip_scores_the_test_set_on_each_image_and_its_mirror(splits):
-    from hpsearch.runner import predict, train_final
+    from hpsearch.training.runner import predict, train_final
 
     config = make_config({"architecture": "baseline1", "epochs": 2, "learning_rate": 0.01,
                           "test_time_flip": True})  # fmt: skip
@@ -162,9 +162,9 @@ def test_test_time_flip_scores_the_test_set_on_each_image_and_its_mirror(splits)
 
 
 def test_batch_norm_momentum_too_slow_for_an_epochs_steps_is_warned_and_smoke_avoids_it():
-    from hpsearch.runner import batch_norm_lag
-    from hpsearch.study import load_study
-    from hpsearch.trial import load_splits
+    from hpsearch.search.study_file import load_study
+    from hpsearch.tracking.trial import load_splits
+    from hpsearch.training.runner import batch_norm_lag
 
     slow = make_config({"batch_norm": "before", "batch_size": 64})  # 0.99: ~100 steps
     reason = batch_norm_lag(slow, 480)

@@ -13,8 +13,8 @@ import pytest
 
 from hpsearch.config import load_config
 from hpsearch.errors import ConfigError, short_repr
-from hpsearch.safe_yaml import MAX_ALIASES, MAX_BYTES, MAX_NODES, load_yaml_file
-from hpsearch.study import load_study
+from hpsearch.search.study_file import load_study
+from hpsearch.util.safe_yaml import MAX_ALIASES, MAX_BYTES, MAX_NODES, load_yaml_file
 
 ROOT = Path(__file__).parents[1]
 

@@ -9,8 +9,8 @@ import optuna
 import pytest
 from conftest import command, environment, pruned_study
 
-from hpsearch.space import grid_size, suggest
-from hpsearch.study import load_study, parse_study
+from hpsearch.search.space import grid_size, suggest
+from hpsearch.search.study_file import load_study, parse_study
 
 STUDIES = sorted((Path(__file__).parents[1] / "studies").glob("*.yaml"))
 REFERENCE = {

@@ -13,9 +13,9 @@ import pytest
 from conftest import command, environment
 from optuna.trial import TrialState
 
-from hpsearch.driver import run_search
-from hpsearch.samplers import make_sampler, worker_seed
-from hpsearch.study import parse_study
+from hpsearch.search.optuna_engine import run_search
+from hpsearch.search.samplers import make_sampler, worker_seed
+from hpsearch.search.study_file import parse_study
 
 TINY = """\
     data: {dataset: digits, limit: 100}

@@ -63,7 +63,7 @@ def best(
     """
     from pathlib import Path
 
-    from hpsearch.chooser import Combination, best_trial, describe_best, finalize, load_study
+    from hpsearch.choose.chooser import Combination, best_trial, describe_best, finalize, load_study
 
     url = storage_url(storage, tracking_uri)
     found = load_study(study_name(study or study_option), url)  # before MLflow is loaded
@@ -116,7 +116,7 @@ def _class_names_into(exported, run_id: str) -> str:
     import tempfile
     from pathlib import Path
 
-    from hpsearch.export import add_metadata, read_metadata
+    from hpsearch.model.export import add_metadata, read_metadata
     from hpsearch.tracking import MissingArtifact, download_artifact
 
     names = read_metadata(exported).get("class_names")
@@ -202,13 +202,13 @@ def combine(
     from pathlib import Path
 
     from hpsearch.config import parse_overrides
-    from hpsearch.study import load_study as load_study_file
+    from hpsearch.search.study_file import load_study as load_study_file
 
     base = parse_overrides(overrides)
     # `mlflow run -P studies="a.yaml b.yaml"` passes one space-separated argument
     specs = [load_study_file(path) for arg in study_files for path in arg.split()]
-    from hpsearch.chooser import combine as merge
-    from hpsearch.chooser import finalize, selection_epochs, study_bests
+    from hpsearch.choose.chooser import combine as merge
+    from hpsearch.choose.chooser import finalize, selection_epochs, study_bests
 
     bests = study_bests(specs, storage_for(storage, tracking_uri))
     load_keras_quietly()
@@ -243,7 +243,7 @@ def study_name(given: str | None) -> str | None:
     """A study's name from a study file (``studies/dropout.yaml``) or as given (``dropout``)."""
     if given is None or not given.endswith((".yaml", ".yml")):
         return given
-    from hpsearch.study import load_study as load_study_file
+    from hpsearch.search.study_file import load_study as load_study_file
 
     return load_study_file(given).name
 
@@ -273,13 +273,13 @@ def report(
     """
     from pathlib import Path
 
-    from hpsearch.chooser import load_study
+    from hpsearch.choose.chooser import load_study
 
     names = [study_name(s) for s in studies]
     url = storage_url(storage, tracking_uri)
     loaded = [load_study(name, url) for name in names]  # before MLflow is loaded
     use_tracking(tracking_uri)
-    from hpsearch.report import write_report
+    from hpsearch.choose.report import write_report
     from hpsearch.tracking import log_folder
 
     for study in loaded:

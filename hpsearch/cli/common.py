@@ -31,7 +31,7 @@ def fail(error: HpsearchError) -> NoReturn:
 
 def say_error(error: HpsearchError) -> None:
     """``Error: ...`` on stderr, passwords masked (also for an error a command goes on after)."""
-    from hpsearch.redact import hide_password
+    from hpsearch.util.redact import hide_password
 
     click.echo(f"Error: {hide_password(str(error))}", err=True)
 
@@ -152,7 +152,7 @@ def storage_url(storage: str | None, tracking_uri: str | None) -> str:
 
     Imports neither MLflow nor Keras: bad input is refused in well under a second.
     """
-    from hpsearch.connections import check_storage, check_tracking, default_storage
+    from hpsearch.util.connections import check_storage, check_tracking, default_storage
 
     uri = tracking_in_effect(tracking_uri)
     check_tracking(uri)
@@ -164,7 +164,7 @@ def storage_url(storage: str | None, tracking_uri: str | None) -> str:
 
 def use_tracking(tracking_uri: str | None) -> str:
     """Point MLflow at ``tracking_uri`` after checking it; returns the URI in effect."""
-    from hpsearch.connections import check_tracking
+    from hpsearch.util.connections import check_tracking
 
     uri = tracking_in_effect(tracking_uri)
     check_tracking(uri)

@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from hpsearch.choose.reference import STUDY_ORDER
 from hpsearch.cli.common import (
     WORKERS_HELP,
     WorkerCount,
@@ -15,7 +16,6 @@ from hpsearch.cli.common import (
     storage_option,
     tracking_option,
 )
-from hpsearch.reference import STUDY_ORDER
 
 
 @click.command()
@@ -58,7 +58,7 @@ def reproduce(only, data_dir, limit, epochs_scale, repeats, quick, report_only, 
 
     stop_on_sigterm()
     try:
-        from hpsearch import reproduce as reproduction
+        from hpsearch.choose import reproduce as reproduction
 
         scale = reproduction.Scale.make(quick, limit or None, epochs_scale, repeats)
         data_dir = data_dir or None  # MLproject passes "" for "not given"

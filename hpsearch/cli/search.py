@@ -54,7 +54,7 @@ ENGINES = ("optuna", "keras_tuner")
 
 def _load(study_file, overrides, data_dir, limit, engine=None):
     from hpsearch.config import parse_overrides
-    from hpsearch.study import load_study
+    from hpsearch.search.study_file import load_study
 
     data = {"data_dir": data_dir} if data_dir else {}
     if limit:
@@ -75,8 +75,8 @@ def _run(study_file, n_trials, timeout, storage, tracking_uri, data_dir, limit, 
         )
     url = storage_for(storage, tracking_uri)
     load_keras_quietly()
-    from hpsearch.driver import WorkerOptions, describe, run_search
-    from hpsearch.engine_check import check_engine
+    from hpsearch.search.engines import check_engine
+    from hpsearch.search.optuna_engine import WorkerOptions, describe, run_search
 
     check_engine(spec, url)
     options = WorkerOptions(heartbeat, grace, max_retry, max_trials)
@@ -87,7 +87,7 @@ def _run(study_file, n_trials, timeout, storage, tracking_uri, data_dir, limit, 
         identity = f"{socket.gethostname()}:{os.getpid()}"
         options.worker = worker_index if worker_index is not None else identity
     if spec.engine == "keras_tuner":
-        from hpsearch.kt_engine import run_search as run_keras_tuner
+        from hpsearch.search.keras_tuner_engine import run_search as run_keras_tuner
 
         options = WorkerOptions(0, max_retry=0)
         outcome = run_keras_tuner(spec, url, n_trials or None, timeout or None,
@@ -115,7 +115,7 @@ def search(study_file, n_trials, timeout, storage, tracking_uri, data_dir, limit
     """Run or resume the study a study file describes (Optuna or KerasTuner), tracked in MLflow."""
     if workers == "auto":
         spec = _load(study_file, overrides, data_dir, limit, engine)
-        from hpsearch.gpu_share import auto_workers
+        from hpsearch.search.gpu_share import auto_workers
 
         workers = 1 if spec.engine == "keras_tuner" else auto_workers(spec, click.echo)
     if workers == 1:
@@ -129,7 +129,7 @@ def search(study_file, n_trials, timeout, storage, tracking_uri, data_dir, limit
             f"{study_file}: a keras_tuner study runs in one process: leave out --workers"
         )
     url = storage_for(storage, tracking_uri)
-    from hpsearch.workers import launch_workers
+    from hpsearch.search.workers import launch_workers
 
     passed = [study_file, "--heartbeat", str(heartbeat), "--max-retry", str(max_retry)]
     passed += ["--n-trials", str(n_trials)] if n_trials else []
@@ -165,7 +165,7 @@ def worker(study_file, n_trials, timeout, storage, tracking_uri, data_dir, limit
            heartbeat, grace, max_retry, quiet, max_trials, gpu, worker_index,
            no_summary) -> None:  # fmt: skip
     """Join a shared study as one worker (any machine, same storage and tracking server)."""
-    from hpsearch.workers import configure_gpu
+    from hpsearch.search.workers import configure_gpu
 
     configure_gpu(gpu)
     _run(study_file, n_trials, timeout, storage, tracking_uri, data_dir, limit, overrides,
@@ -204,7 +204,7 @@ def worker(study_file, n_trials, timeout, storage, tracking_uri, data_dir, limit
 def server(host, port, backend_store_uri, artifacts_destination, auth, allowed_hosts,
            workers) -> None:  # fmt: skip
     """Start an MLflow tracking server with safe local defaults."""
-    from hpsearch.workers import server_command
+    from hpsearch.search.workers import server_command
 
     command, environment = server_command(host, port, backend_store_uri,
                                           artifacts_destination, auth, workers,
@@ -222,8 +222,8 @@ def server(host, port, backend_store_uri, artifacts_destination, auth, allowed_h
 @click.option("-q", "--quiet", is_flag=True, help="Print only the errors.")
 def validate(study_files: tuple[str, ...], quiet: bool) -> None:
     """Check study files without running them."""
-    from hpsearch.space import grid_size
-    from hpsearch.study import load_study
+    from hpsearch.search.space import grid_size
+    from hpsearch.search.study_file import load_study
 
     failed = False
     for path in study_files:

@@ -122,14 +122,14 @@ def _train(
     spec = make_data_spec(data)
     say = (lambda *_: None) if quiet else click.echo
     if not no_tracking:  # a bad tracking URI is refused before anything heavy loads
-        from hpsearch.connections import check_tracking
+        from hpsearch.util.connections import check_tracking
 
         check_tracking(tracking_in_effect(tracking_uri))
     load_keras_quietly()
     say(f"loading {spec.dataset}" + (f" from {spec.data_dir}" if spec.data_dir else ""))
 
-    from hpsearch.progress import quiet_progress
-    from hpsearch.trial import load_splits, tracked_trial
+    from hpsearch.tracking.trial import load_splits, tracked_trial
+    from hpsearch.util.progress import quiet_progress
 
     with quiet_progress(quiet):  # decoding an archive: no progress under -q
         splits, fingerprint = load_splits(spec)

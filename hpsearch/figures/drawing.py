@@ -6,14 +6,14 @@ Drawn in the training process (on the upload thread, while the next trial
 trains), a trial's two figures cost that process about 0.2 s of Python work
 holding the interpreter lock that the training loop also needs, and leave
 some 15,000 objects of matplotlib garbage for the collection between trials
-to free. One child process (``python -m hpsearch.drawing``), started on first
+to free. One child process (``python -m hpsearch.figures.drawing``), started on first
 use and reused for every trial, draws them instead. In a 20-trial study of
 small CNNs on a 2-core machine (``benchmarks/study_overhead.py``) the time
 outside ``fit`` fell by 0.26 s on average (collections of 11-21k objects
 instead of 26-35k, and a shorter summary at the end); the child's drawing
 still takes CPU time from training on two cores.
 
-The child imports only matplotlib, scikit-learn and :mod:`hpsearch.plots`,
+The child imports only matplotlib, scikit-learn and :mod:`hpsearch.figures.plots`,
 never the training script (which ``multiprocessing``'s spawn would run
 again). Requests and answers are pickled over its standard input and a copy
 of its standard output. It runs in its own session, so Ctrl-C reaches the
@@ -52,7 +52,7 @@ class _Request:
 
 
 class DrawingProcess:
-    """Runs picklable drawing functions (``hpsearch.plots``) in one child process."""
+    """Runs picklable drawing functions (``hpsearch.figures.plots``) in one child process."""
 
     def __init__(self) -> None:
         self._child: subprocess.Popen[bytes] | None = None
@@ -117,7 +117,7 @@ class DrawingProcess:
             package_root = str(Path(__file__).resolve().parents[1])  # hpsearch as imported here
             paths = [package_root, os.environ.get("PYTHONPATH", "")]
             self._child = subprocess.Popen(
-                [sys.executable, "-m", "hpsearch.drawing"],
+                [sys.executable, "-m", "hpsearch.figures.drawing"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths))},

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from hpsearch.study import Factor, StudyFile
+from hpsearch.search.study_file import Factor, StudyFile
 
 if TYPE_CHECKING:
     import optuna

@@ -17,8 +17,10 @@ from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
+from hpsearch.choose.reference import reference_accuracy  # noqa: E402
+from hpsearch.choose.repeats import config_key, mean_sd  # noqa: E402
 from hpsearch.config import TrialConfig  # noqa: E402
-from hpsearch.plots import (  # noqa: E402
+from hpsearch.figures.plots import (  # noqa: E402
     KEPT_MARKER,
     STATE_STYLE,
     integer_epochs,
@@ -26,8 +28,6 @@ from hpsearch.plots import (  # noqa: E402
     state_handles,
     wrap,
 )
-from hpsearch.reference import reference_accuracy  # noqa: E402
-from hpsearch.repeats import config_key, mean_sd  # noqa: E402
 from hpsearch.tracking import metric_history, run_metrics  # noqa: E402
 
 

@@ -55,10 +55,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import keras
 import numpy as np
 
-from hpsearch import failpoints
-from hpsearch.connections import tracking_reachable
 from hpsearch.errors import HpsearchError
-from hpsearch.redact import hide_password
+from hpsearch.util import failpoints
+from hpsearch.util.connections import tracking_reachable
+from hpsearch.util.redact import hide_password
 
 try:
     import fcntl
@@ -70,9 +70,9 @@ if TYPE_CHECKING:
 
     from hpsearch.config import DataSpec, TrialConfig
     from hpsearch.datasets import Splits
-    from hpsearch.drawing import DrawingProcess
-    from hpsearch.runner import TrialResult
-    from hpsearch.uploads import Uploader
+    from hpsearch.figures.drawing import DrawingProcess
+    from hpsearch.tracking.uploads import Uploader
+    from hpsearch.training.runner import TrialResult
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ class TrialRun:
     With ``parent_run_id`` the run is nested under that run, in its experiment.
     With an ``uploader``, the artifacts are drawn and sent, and the run closed,
     on its background thread (in that order), while the caller goes on. With a
-    ``drawer``, the two figures are drawn in its process (:mod:`hpsearch.drawing`).
+    ``drawer``, the two figures are drawn in its process (:mod:`hpsearch.figures.drawing`).
     """
 
     def __init__(
@@ -724,7 +724,7 @@ def _finish_entry(
         artifacts = folder / "artifacts"
         curves = artifacts / "training_curves.png"
         if not curves.exists() and manifest.get("history"):
-            from hpsearch.plots import save_training_curves
+            from hpsearch.figures.plots import save_training_curves
 
             save_training_curves(manifest["history"], curves, int(manifest.get("best_epoch", 0)))
         if validation is not None and manifest.get("data") == validation.key():
@@ -946,8 +946,8 @@ class ValidationData:
 
 def _remake_from_model(folder: Path, validation: ValidationData, best_epoch: int) -> None:
     """The confusion matrix and model summary a dead worker had not written, from its model."""
-    from hpsearch.plots import save_confusion_matrix
-    from hpsearch.runner import predict
+    from hpsearch.figures.plots import save_confusion_matrix
+    from hpsearch.training.runner import predict
 
     matrix, summary = folder / "confusion_matrix.png", folder / "model_summary.txt"
     if matrix.exists() and summary.exists():
@@ -984,7 +984,7 @@ class _TrialArtifacts:
 
     @classmethod
     def of(cls, result: TrialResult, config: TrialConfig, splits: Splits) -> _TrialArtifacts:
-        from hpsearch.builder import inference_model
+        from hpsearch.model.builder import inference_model
 
         return cls(
             history=result.history,
@@ -1002,7 +1002,7 @@ class _TrialArtifacts:
         artifacts cannot remake)."""
         (folder / "config.yaml").write_text(self.config_yaml)
         (folder / "class_names.json").write_text(json.dumps(list(self.class_names)))
-        from hpsearch.export import model_metadata, save_model
+        from hpsearch.model.export import model_metadata, save_model
 
         shape = self.val_images.shape[1:]
         save_model(self.network, folder / "model.keras", model_metadata(self.class_names, shape))
@@ -1013,8 +1013,8 @@ class _TrialArtifacts:
         The two figures are drawn by ``drawer`` when there is one, else here;
         the summary is written while the drawing process draws them.
         """
-        from hpsearch.plots import save_confusion_matrix, save_training_curves
-        from hpsearch.runner import predict
+        from hpsearch.figures.plots import save_confusion_matrix, save_training_curves
+        from hpsearch.training.runner import predict
 
         submit = drawer.submit if drawer is not None else _drawn_here
         predicted = np.argmax(predict(self.network, self.val_images), axis=1)  # the kept weights

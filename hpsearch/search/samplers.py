@@ -9,8 +9,8 @@ import optuna
 
 from hpsearch.config import TrialConfig
 from hpsearch.errors import ConfigError
-from hpsearch.space import grid_space
-from hpsearch.study import StudyFile
+from hpsearch.search.space import grid_space
+from hpsearch.search.study_file import StudyFile
 
 
 def worker_seed(seed: int, worker: int | str | None) -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from hpsearch.errors import HpsearchError
-from hpsearch.redact import hide_password
+from hpsearch.util.redact import hide_password
 
 TRACKING_SCHEMES = ("http", "https", "sqlite", "file", "postgresql", "mysql", "mssql", "databricks")
 

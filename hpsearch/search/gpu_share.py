@@ -145,7 +145,7 @@ def measure(configs: list[dict[str, Any]], input_shape: tuple[int, int, int],
     payload = json.dumps({"configs": configs, "shape": input_shape, "classes": num_classes})
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "CUDA_VISIBLE_DEVICES": "",
            "TF_CPP_MIN_LOG_LEVEL": "3"}  # fmt: skip
-    answer = subprocess.run([sys.executable, "-m", "hpsearch.gpu_share"], input=payload,
+    answer = subprocess.run([sys.executable, "-m", "hpsearch.search.gpu_share"], input=payload,
                             capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
     if answer.returncode != 0:
         raise RuntimeError(f"measuring the network failed: {answer.stderr.strip()[-500:]}")
@@ -155,8 +155,8 @@ def measure(configs: list[dict[str, Any]], input_shape: tuple[int, int, int],
 def _measure_here(configs: list[dict[str, Any]], input_shape, num_classes) -> Footprint:
     import math as _math
 
-    from hpsearch.builder import build_network
     from hpsearch.config import make_config
+    from hpsearch.model.builder import build_network
 
     largest = None
     for values in configs:

@@ -1,6 +1,6 @@
 """``hpsearch reproduce``: every reference study in the study's order, then one report.
 
-Each study file of :data:`~hpsearch.reference.STUDY_ORDER` runs (or resumes) as its
+Each study file of :data:`~hpsearch.choose.reference.STUDY_ORDER` runs (or resumes) as its
 own Optuna study, scaled down on request (fewer images, fewer epochs) under a
 name that says so (``dropout.quick``), so that a reduced run never resumes or
 mixes with a full one. The report sets every number the study reported beside
@@ -19,10 +19,10 @@ from typing import Any, cast
 
 import yaml
 
+from hpsearch.choose.reference import REFERENCE_NUMBERS, STUDY_ORDER, ReferenceNumber
+from hpsearch.choose.repeats import mean_sd
 from hpsearch.errors import ConfigError, HpsearchError
-from hpsearch.reference import REFERENCE_NUMBERS, STUDY_ORDER, ReferenceNumber
-from hpsearch.repeats import mean_sd
-from hpsearch.study import StudyFile, load_study, parse_study
+from hpsearch.search.study_file import StudyFile, load_study, parse_study
 
 QUICK_LIMIT = 200  # images per split in --quick
 QUICK_EPOCHS_SCALE = 0.05  # 20 epochs -> 1, 50 -> 2 (so 0.5 at "20" and at "50" stay apart)
@@ -321,12 +321,12 @@ def run(
 def _search(spec: StudyFile, path: Path, storage: str, workers: int | str, echo,
             verbose) -> None:  # fmt: skip
     if workers == "auto":  # per study: their networks differ
-        from hpsearch.gpu_share import auto_workers
+        from hpsearch.search.gpu_share import auto_workers
 
         workers = auto_workers(spec, echo)
     count = int(workers)  # a number by now
     if count > 1:
-        from hpsearch.workers import launch_workers
+        from hpsearch.search.workers import launch_workers
 
         quiet = ["--quiet"] if verbose == 0 else []
         code = launch_workers(spec, storage, count, None, [str(path), *quiet], echo)
@@ -335,7 +335,7 @@ def _search(spec: StudyFile, path: Path, storage: str, workers: int | str, echo,
         if code:
             raise HpsearchError(f"{spec.name}: a worker exited with status {code}")
         return
-    from hpsearch.driver import describe, run_search
+    from hpsearch.search.optuna_engine import describe, run_search
 
     outcome = run_search(spec, storage, echo=echo, verbose=verbose)
     echo(describe(outcome))
@@ -357,9 +357,9 @@ def write(planned: list[tuple[Path, StudyFile]], scale: Scale, storage: str, out
     import optuna
     from optuna.trial import TrialState
 
-    from hpsearch.findings import Results, verdicts
-    from hpsearch.reference import base_study_name
-    from hpsearch.report import write_report
+    from hpsearch.choose.findings import Results, verdicts
+    from hpsearch.choose.reference import base_study_name
+    from hpsearch.choose.report import write_report
 
     figures = output / "reproduction"
     figures.mkdir(parents=True, exist_ok=True)

@@ -14,9 +14,9 @@ import sys
 from collections.abc import Callable, Sequence
 
 from hpsearch.errors import HpsearchError
-from hpsearch.gpu_share import worker_env
-from hpsearch.redact import hide_password
-from hpsearch.study import StudyFile
+from hpsearch.search.gpu_share import worker_env
+from hpsearch.search.study_file import StudyFile
+from hpsearch.util.redact import hide_password
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -54,7 +54,7 @@ def launch_workers(
     """
     import mlflow
 
-    from hpsearch.driver import (
+    from hpsearch.search.optuna_engine import (
         StaleTrialHandler,
         WorkerOptions,
         _outcome,
@@ -66,7 +66,7 @@ def launch_workers(
         open_study,
         trials_to_run,
     )
-    from hpsearch.trial import load_splits
+    from hpsearch.tracking.trial import load_splits
 
     load_splits(spec.data)  # a data error stops here, before the study exists
     study, created = open_study(spec, make_storage(storage, WorkerOptions(heartbeat=0)))
@@ -128,7 +128,7 @@ def server_command(
     environment variable of ``mlflow server --backend-store-uri``), not on the command line
     that ``ps`` shows to every user of the machine.
     """
-    from hpsearch.connections import check_storage
+    from hpsearch.util.connections import check_storage
 
     if "://" not in backend_store_uri:
         raise HpsearchError(

@@ -72,7 +72,7 @@ def _finish_history(study: optuna.Study, ax) -> None:
     from matplotlib.ticker import MaxNLocator
     from matplotlib.transforms import blended_transform_factory
 
-    from hpsearch.plots import wrap
+    from hpsearch.figures.plots import wrap
 
     trials = study.get_trials(deepcopy=False)
     pruned = [(t.number, t.intermediate_values[t.last_step]) for t in trials
@@ -101,7 +101,7 @@ def _finish_history(study: optuna.Study, ax) -> None:
 
 def _finish_importances(study: optuna.Study, ax) -> None:
     """Titled; no legend (one objective)."""
-    from hpsearch.plots import wrap
+    from hpsearch.figures.plots import wrap
 
     if ax.get_legend() is not None:
         ax.get_legend().remove()

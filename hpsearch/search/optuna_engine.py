@@ -26,19 +26,14 @@ import keras
 import optuna
 from optuna.trial import TrialState
 
-from hpsearch import failpoints
 from hpsearch.config import make_config
-from hpsearch.connections import default_storage  # noqa: F401 - where callers found it
-from hpsearch.drawing import DrawingProcess
 from hpsearch.errors import HpsearchError, failure_reason
+from hpsearch.figures.drawing import DrawingProcess
 from hpsearch.optuna_compat import grid_exhausted, stale_trial_ids, study_storage
-from hpsearch.progress import StudyProgress, quiet_progress
-from hpsearch.redact import hide_password, redact_logs
-from hpsearch.samplers import make_pruner, make_sampler
-from hpsearch.session import freeze_startup_objects, release_trial_state, thaw_startup_objects
-from hpsearch.space import REPEAT, grid_size, suggest
-from hpsearch.study import EPOCH_METRIC, StudyFile
-from hpsearch.summary import completed, write_summary
+from hpsearch.search.samplers import make_pruner, make_sampler
+from hpsearch.search.space import REPEAT, grid_size, suggest
+from hpsearch.search.study_file import EPOCH_METRIC, StudyFile
+from hpsearch.search.summary import completed, write_summary
 from hpsearch.tracking import (
     StudyRun,
     TrialRun,
@@ -51,8 +46,17 @@ from hpsearch.tracking import (
     wait_for_tracking,
     where_to_look,
 )
-from hpsearch.trial import load_splits, tracked_trial
-from hpsearch.uploads import Uploader
+from hpsearch.tracking.trial import load_splits, tracked_trial
+from hpsearch.tracking.uploads import Uploader
+from hpsearch.training.session import (
+    freeze_startup_objects,
+    release_trial_state,
+    thaw_startup_objects,
+)
+from hpsearch.util import failpoints
+from hpsearch.util.connections import default_storage  # noqa: F401 - where callers found it
+from hpsearch.util.progress import StudyProgress, quiet_progress
+from hpsearch.util.redact import hide_password, redact_logs
 
 # Heartbeats and stale-trial retries are marked experimental in Optuna; they are what we use.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -104,7 +108,7 @@ class WorkerOptions:
 
 def make_storage(url: str, options: WorkerOptions) -> optuna.storages.BaseStorage:
     """Optuna's RDB storage, with heartbeats and retries of trials whose worker died."""
-    from hpsearch.connections import check_storage
+    from hpsearch.util.connections import check_storage
 
     check_storage(url)
     kwargs: dict = {}
@@ -408,7 +412,7 @@ class _Objective:
             callbacks = [_UploadsDuringFit(self.uploader)]  # first: holds before the others
             callbacks += list(self.extra_callbacks(trial)) if self.extra_callbacks else []
             if self.spec.pruner.type != "none":
-                from hpsearch.pruning import EpochPruningCallback
+                from hpsearch.search.pruning import EpochPruningCallback
 
                 monitor = EPOCH_METRIC[self.spec.objective.metric]
                 callbacks.append(EpochPruningCallback(trial, monitor))

@@ -4,9 +4,9 @@ The study's ``space`` becomes KerasTuner hyperparameters (``hp.Choice``, ``hp.Fl
 ``hp.Int``, ``hp.conditional_scope`` for ``when``) in a :class:`StudyHyperModel` whose
 ``build`` is hpsearch's model builder; the sampler picks KerasTuner's oracle (random,
 bayesian, hyperband). :class:`TrackedTuner` runs every trial it is given through
-:func:`hpsearch.trial.tracked_trial` in a nested :class:`~hpsearch.tracking.TrialRun`, exactly
-as the Optuna engine does, and mirrors it into an Optuna study of the same name in the same
-storage (params, value, state and the driver's user attributes), so the parent run's summary,
+:func:`hpsearch.tracking.trial.tracked_trial` in a nested :class:`~hpsearch.tracking.TrialRun`,
+exactly as the Optuna engine does, and mirrors it into an Optuna study of the same name in the
+same storage (params, value, state and the driver's user attributes), so the parent run's summary,
 ``hpsearch best``, ``combine`` and ``report`` work on either engine's studies unchanged.
 
 KerasTuner's project directory lies beside the Optuna storage
@@ -40,10 +40,12 @@ from optuna.distributions import (
 )
 from optuna.trial import TrialState
 
-from hpsearch.builder import build_model
 from hpsearch.config import make_config
 from hpsearch.datasets import Splits
-from hpsearch.driver import (
+from hpsearch.errors import ConfigError, HpsearchError, failure_reason
+from hpsearch.model.builder import build_model
+from hpsearch.search.engines import ENGINE_ATTR, check_engine  # noqa: F401 - kt_engine's API
+from hpsearch.search.optuna_engine import (
     PARENT_ATTR,
     SearchOutcome,
     WorkerOptions,
@@ -53,12 +55,7 @@ from hpsearch.driver import (
     make_storage,
     trial_seed,
 )
-from hpsearch.engine_check import ENGINE_ATTR, check_engine  # noqa: F401 - kt_engine's API
-from hpsearch.errors import ConfigError, HpsearchError, failure_reason
-from hpsearch.progress import StudyProgress, quiet_progress
-from hpsearch.redact import hide_password, redact_logs
-from hpsearch.session import release_trial_state
-from hpsearch.study import EPOCH_METRIC, Factor, StudyFile
+from hpsearch.search.study_file import EPOCH_METRIC, Factor, StudyFile
 from hpsearch.tracking import (
     StudyRun,
     TrialRun,
@@ -66,7 +63,10 @@ from hpsearch.tracking import (
     close_unclosed_runs,
     wait_for_tracking,
 )
-from hpsearch.trial import load_splits, tracked_trial
+from hpsearch.tracking.trial import load_splits, tracked_trial
+from hpsearch.training.session import release_trial_state
+from hpsearch.util.progress import StudyProgress, quiet_progress
+from hpsearch.util.redact import hide_password, redact_logs
 
 ENGINE = "keras_tuner"
 TRIAL_ID_ATTR = "keras_tuner_trial_id"
@@ -135,7 +135,7 @@ def _decode(factor: Factor, value: Any) -> Any:
 def space_values(hp: keras_tuner.HyperParameters, study: StudyFile) -> dict[str, Any]:
     """Declare the study's space on ``hp``; the fixed keys plus each active factor's value.
 
-    Mirrors :func:`hpsearch.space.suggest`: factors in file order; a ``when`` on a factor
+    Mirrors :func:`hpsearch.search.space.suggest`: factors in file order; a ``when`` on a factor
     declared before becomes ``hp.conditional_scope``; a ``when`` on any other key (fixed, or
     declared later) is decided here, on the values known so far.
     """

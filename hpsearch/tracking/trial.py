@@ -12,8 +12,8 @@ import keras
 
 from hpsearch.config import DataSpec, TrialConfig
 from hpsearch.datasets import Splits, load_dataset, split_dataset
-from hpsearch.runner import TrialResult, run_trial
 from hpsearch.tracking import TrialRun
+from hpsearch.training.runner import TrialResult, run_trial
 
 
 def load_splits(spec: DataSpec) -> tuple[Splits, str]:

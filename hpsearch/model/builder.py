@@ -27,9 +27,9 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from hpsearch.augmentation import IN_MODEL_LAYER_NAMES, in_model_layers
 from hpsearch.config import TrialConfig
-from hpsearch.optimizers import build_optimizer
+from hpsearch.model.augmentation import IN_MODEL_LAYER_NAMES, in_model_layers
+from hpsearch.model.optimizers import build_optimizer
 
 # architecture -> (filters, convolutions) per block
 ARCHITECTURES: dict[str, tuple[tuple[int, int], ...]] = {

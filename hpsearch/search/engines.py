@@ -1,7 +1,7 @@
 """Which engine ran a study: the check every ``search`` and ``worker`` makes before running.
 
-Kept apart from :mod:`hpsearch.kt_engine`, which imports keras_tuner (and with it TensorFlow):
-the Optuna engine's path, on KERAS_BACKEND=jax too, needs neither.
+Kept apart from :mod:`hpsearch.search.keras_tuner_engine`, which imports keras_tuner (and
+with it TensorFlow): the Optuna engine's path, on KERAS_BACKEND=jax too, needs neither.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from hpsearch.errors import HpsearchError
-from hpsearch.redact import hide_password
-from hpsearch.study import StudyFile
+from hpsearch.search.study_file import StudyFile
+from hpsearch.util.redact import hide_password
 
 ENGINE_ATTR = "engine"  # the study's user attribute naming the engine that ran it
 
@@ -19,7 +19,7 @@ def check_engine(spec: StudyFile, storage: str) -> None:
     """Refuse to run a study with the optuna engine where KerasTuner ran it (and vice versa)."""
     import optuna
 
-    from hpsearch.connections import check_storage
+    from hpsearch.util.connections import check_storage
 
     check_storage(storage)
     if storage.startswith("sqlite:///") and not Path(storage.removeprefix("sqlite:///")).exists():

@@ -17,7 +17,7 @@ from typing import Any
 
 from optuna.trial import FrozenTrial
 
-from hpsearch.repeats import mean_sd
+from hpsearch.choose.repeats import mean_sd
 
 POINT = 0.01  # one percentage point, as a fraction
 

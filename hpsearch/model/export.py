@@ -4,7 +4,7 @@ Keras writes a ``metadata.json`` into every ``.keras`` file (its version, the da
 and never reads it back, so hpsearch adds an ``"hpsearch"`` entry there::
 
     unzip -p model.keras metadata.json
-    python -c "from hpsearch.export import read_metadata; print(read_metadata('model.keras'))"
+    python -c "from hpsearch.model.export import read_metadata; print(read_metadata('model.keras'))"
 
 The model predicts probabilities in the order of ``class_names``: ``argmax``
 index ``i`` is ``class_names[i]`` (for an image folder, the folder's name).

@@ -21,11 +21,11 @@ import optuna
 from optuna.trial import TrialState
 
 import hpsearch
+from hpsearch.choose.repeats import best_group, group_trials
 from hpsearch.config import DataSpec, TrialConfig, make_config, make_data_spec
 from hpsearch.errors import HpsearchError
-from hpsearch.redact import hide_password
-from hpsearch.repeats import best_group, group_trials
-from hpsearch.study import StudyFile
+from hpsearch.search.study_file import StudyFile
+from hpsearch.util.redact import hide_password
 
 
 @dataclass
@@ -206,11 +206,11 @@ def finalize(
     verbose: int = 2,
 ) -> FinalOutcome:
     """Retrain on training + validation data, evaluate once on the test set, log, register."""
-    from hpsearch.builder import inference_network, tested_model
-    from hpsearch.export import model_metadata, save_model
-    from hpsearch.progress import quiet_progress
-    from hpsearch.runner import train_final
-    from hpsearch.trial import load_splits
+    from hpsearch.model.builder import inference_network, tested_model
+    from hpsearch.model.export import model_metadata, save_model
+    from hpsearch.tracking.trial import load_splits
+    from hpsearch.training.runner import train_final
+    from hpsearch.util.progress import quiet_progress
 
     config, spec = combination.config, combination.data
     with quiet_progress(verbose == 0):  # decoding an archive: no progress under -q
@@ -253,14 +253,14 @@ def _write_final_artifacts(folder, result, network, config, splits) -> dict[str,
 
     import numpy as np
 
-    from hpsearch.analysis import (
+    from hpsearch.choose.analysis import (
         confused_pairs,
         grad_cam,
         per_class_accuracy,
         save_grad_cam,
         save_misclassified_gallery,
     )
-    from hpsearch.plots import save_confusion_matrix, save_training_curves
+    from hpsearch.figures.plots import save_confusion_matrix, save_training_curves
 
     predicted = np.argmax(result.test_probabilities, axis=1)
     names = splits.class_names
@@ -295,9 +295,9 @@ def selection_epochs(
     combination: Combination, experiment: str, echo: Callable[[str], None], verbose: int
 ) -> int:
     """Epochs for the final fit: early stopping on the validation split, as in a trial."""
-    from hpsearch.progress import quiet_progress
     from hpsearch.tracking import TrialRun
-    from hpsearch.trial import load_splits, tracked_trial
+    from hpsearch.tracking.trial import load_splits, tracked_trial
+    from hpsearch.util.progress import quiet_progress
 
     with quiet_progress(verbose == 0):  # decoding an archive: no progress under -q
         splits, fingerprint = load_splits(combination.data)

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from hpsearch.config import DataSpec, TrialConfig, format_validation_error, make_config
 from hpsearch.errors import ConfigError, short_repr
-from hpsearch.safe_yaml import load_yaml_file
+from hpsearch.util.safe_yaml import load_yaml_file
 
 EngineName = Literal["optuna", "keras_tuner"]
 SamplerName = Literal["grid", "random", "tpe", "cmaes", "qmc", "bayesian", "hyperband"]

@@ -21,8 +21,8 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from sklearn.metrics import confusion_matrix, recall_score  # noqa: E402
 
-from hpsearch.builder import rewire  # noqa: E402
-from hpsearch.plots import wrap  # noqa: E402
+from hpsearch.figures.plots import wrap  # noqa: E402
+from hpsearch.model.builder import rewire  # noqa: E402
 
 
 def per_class_accuracy(
@@ -186,7 +186,7 @@ def _features(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(the input or output of ``layer``, probabilities) for ``images``, inference mode.
 
-    The model's graph is wired again (:func:`~hpsearch.builder.rewire`), taking
+    The model's graph is wired again (:func:`~hpsearch.model.builder.rewire`), taking
     the tensor at ``layer`` on the way. ``layer.output`` itself
     would name another model's tensor where the layers are shared (an exported
     inference model shares the trained model's layers).

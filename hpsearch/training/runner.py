@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 
-from hpsearch.augmentation import MixedBatches, needs_mixed_batches
-from hpsearch.builder import build_model, tested_model
 from hpsearch.config import TrialConfig
 from hpsearch.datasets import Splits
 from hpsearch.errors import TrialFailed
-from hpsearch.interrupts import interrupts_between_steps
-from hpsearch.session import seed_trial
+from hpsearch.model.augmentation import MixedBatches, needs_mixed_batches
+from hpsearch.model.builder import build_model, tested_model
+from hpsearch.training.interrupts import interrupts_between_steps
+from hpsearch.training.session import seed_trial
 
 
 @dataclass
@@ -73,7 +73,7 @@ def _standard_callbacks(config: TrialConfig) -> list[keras.callbacks.Callback]:
             keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.2, patience=2)
         )
     if config.optimizer_switch != "none":
-        from hpsearch.optimizers import SwitchToSgd
+        from hpsearch.model.optimizers import SwitchToSgd
 
         callbacks.append(SwitchToSgd(config))
     return callbacks
@@ -251,7 +251,7 @@ def train_final(
     try:
         extra = [keras.callbacks.TerminateOnNaN(), *callbacks]
         if config.optimizer_switch == "epoch":  # no validation here: a plateau never shows
-            from hpsearch.optimizers import SwitchToSgd
+            from hpsearch.model.optimizers import SwitchToSgd
 
             extra.append(SwitchToSgd(config))
         model, history, fit_time = _fit(

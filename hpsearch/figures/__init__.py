@@ -1,0 +1,1 @@
+"""Figures (matplotlib) and the process that draws them off the training loop."""
