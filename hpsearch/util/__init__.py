@@ -1,1 +1,5 @@
-"""Small services the rest of hpsearch builds on: connections, redaction, safe YAML, progress, failpoints."""
+"""Small services the rest of hpsearch builds on.
+
+Connections (storage and tracking URLs), password redaction, safe YAML, progress output and
+the failpoints the fault tests arm.
+"""
