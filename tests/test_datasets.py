@@ -28,8 +28,10 @@ from hpsearch.datasets import (
     DATASET_NAMES,
     FASHION_MNIST_NAMES,
     Dataset,
+    cifar10_folder,
     default_cache_dir,
     load_dataset,
+    loader,
     split_dataset,
 )
 from hpsearch.errors import DataError
@@ -380,7 +382,7 @@ def test_cifar10_image_folder_labels_follow_official_order_not_reader_order(
 ) -> None:
     """Alphabetical order happens to be CIFAR-10's; a reader giving another order is remapped."""
     assert tuple(sorted(CIFAR10_NAMES)) == CIFAR10_NAMES
-    real = datasets._read_folder
+    real = cifar10_folder.read_folder
 
     def shuffled_reader(path: Path, name: str = "folder") -> tuple:
         x_train, y_train, x_test, y_test, names = real(path, name)
@@ -388,7 +390,7 @@ def test_cifar10_image_folder_labels_follow_official_order_not_reader_order(
         old_to_new = np.argsort(order)
         return x_train, old_to_new[y_train], x_test, old_to_new[y_test], [names[i] for i in order]
 
-    monkeypatch.setattr(datasets, "_read_folder", shuffled_reader)
+    monkeypatch.setattr(cifar10_folder, "read_folder", shuffled_reader)
     archive = tar_reversed(make_cifar10_folder(tmp_path / "imgs"), tmp_path / "c.tar.gz")
     assert_official_labels(load_dataset("cifar10", archive, cache_dir=tmp_path / "cache"))
 
@@ -641,7 +643,7 @@ def test_cache_is_reused_then_rebuilt_when_the_source_changes(
         raise AssertionError("decoded again instead of reading the cache")
 
     with monkeypatch.context() as patch:
-        patch.setattr(datasets, "_read_folder", no_decoding)
+        patch.setattr(loader, "read_folder", no_decoding)
         second = load_dataset("folder", archive, cache_dir=cache)
     assert second.fingerprint() == first.fingerprint()
     assert_folder(second, expected)
