@@ -1,5 +1,8 @@
 """The trial config: every factor of the search space, declared once.
 
+The names of the datasets, architectures, optimizers and augmentations are
+:mod:`hpsearch.choices`'s, which the CLI reads without loading this module.
+
 Field names are the YAML keys of study files and the MLflow param names.
 Defaults are the reference study's (SPEC.md, "Search space"). Validation
 errors name the key, the value received and what is allowed.
@@ -14,9 +17,9 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from hpsearch.choices import AUGMENTATIONS, Architecture, Augmentation, DatasetName, Optimizer
 from hpsearch.errors import ConfigError
 
-Architecture = Literal["baseline1", "baseline2", "resnet9"]
 #: the optimizers that take the config's ``momentum`` (hpsearch.model.optimizers builds them so)
 USES_MOMENTUM = frozenset({"sgd_momentum", "sgd_nesterov", "rmsprop_momentum"})
 NOT_APPLICABLE = "n/a"  # a logged param whose factor the trial does not use
@@ -36,23 +39,7 @@ Initializer = Literal[
     "zeros",
 ]
 WeightDecay = Literal["none", "l1", "l2", "l1l2"]
-Optimizer = Literal[
-    "sgd",
-    "sgd_momentum",
-    "sgd_nesterov",
-    "rmsprop",
-    "rmsprop_momentum",
-    "adam",
-    "adamax",
-    "adagrad",
-    "adadelta",
-    "nadam",
-    "ftrl",
-    "adamw",
-    "lion",
-]
 LrSchedule = Literal["constant", "cosine", "plateau"]
-Augmentation = Literal["standard", "crop", "cutout", "mixup", "cutmix", "gridmask"]
 Precision = Literal["float32", "mixed_float16", "mixed_bfloat16"]
 Monitor = Literal["val_loss", "val_accuracy"]
 DropoutPlacement = Literal["block", "conv"]
@@ -115,7 +102,7 @@ class TrialConfig(BaseModel):
     batch_size: int = Field(default=32, ge=1, le=8192)
     augmentation: tuple[Augmentation, ...] = Field(
         default=(),
-        description="none, or any of standard, crop, cutout, mixup, cutmix, gridmask joined by +",
+        description=f"none, or any of {', '.join(AUGMENTATIONS)} joined by +",
     )
     epochs: int = Field(default=20, ge=1, le=10_000)  # maximum; early stopping may end sooner
     patience: int = Field(default=3, ge=0)  # early stopping on `monitor`
@@ -366,9 +353,6 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         values.update(loaded or {})
     values.update(overrides or {})
     return make_config(values, where)
-
-
-DatasetName = Literal["digits", "cifar10", "cifar100", "mnist", "fashion_mnist", "folder"]
 
 
 class DataSpec(BaseModel):

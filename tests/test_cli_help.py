@@ -33,3 +33,22 @@ def test_validate_quiet_prints_only_the_errors(tmp_path):
     done = runner.invoke(main, ["validate", "-q", good, str(bad)])
     assert done.exit_code == 2
     assert "smoke" not in done.output and "batch_norm" in done.output
+
+
+def test_help_lists_the_dataset_names_without_loading_the_config_schema():
+    import subprocess
+    import sys
+
+    from hpsearch.choices import DATASET_NAMES
+
+    shown = CliRunner().invoke(main, ["train", "--help"]).output
+    assert "|".join(DATASET_NAMES) in re.sub(r"\s+", "", shown)
+    probe = (
+        "import sys; from click.testing import CliRunner; from hpsearch.cli import main\n"
+        "for args in (['--help'], ['train', '--help']):\n"
+        "    assert CliRunner().invoke(main, args).exit_code == 0, args\n"
+        "print(sorted(m for m in ('pydantic', 'hpsearch.config') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"  # pydantic costs the help a large share of its time

@@ -17,6 +17,7 @@ from typing import Any
 
 from optuna.trial import FrozenTrial
 
+from hpsearch.choices import OPTIMIZERS
 from hpsearch.choose.repeats import mean_sd
 
 POINT = 0.01  # one percentage point, as a fraction
@@ -250,7 +251,7 @@ def _sigmoid_after(r: Results) -> tuple[bool, str]:
 def _rmsprop_adam(r: Results) -> tuple[bool, str]:
     adam = need(r.mean(VAL, "optimizers", optimizer="adam"), "adam")
     rms = need(r.mean(VAL, "optimizers", optimizer="rmsprop_momentum"), "rmsprop_momentum")
-    means = {o: r.mean(VAL, "optimizers", optimizer=o) for o in OPTIMIZERS}
+    means = {o: r.mean(VAL, "optimizers", optimizer=o) for o in OPTIMIZERS}  # unrun: None
     scores = {o: v for o, v in means.items() if v is not None}
     ranked = sorted(scores, key=lambda o: -scores[o])
     return abs(adam - rms) <= 2 * POINT, (
@@ -259,8 +260,6 @@ def _rmsprop_adam(r: Results) -> tuple[bool, str]:
     )
 
 
-OPTIMIZERS = ("sgd_momentum", "sgd_nesterov", "rmsprop_momentum", "adam", "adamax", "adagrad",
-              "adadelta", "nadam", "ftrl")  # fmt: skip
 RATES = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 
 

@@ -20,8 +20,6 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
-DATASETS = ("digits", "cifar10", "cifar100", "mnist", "fashion_mnist", "folder")
-
 
 def fail(error: HpsearchError) -> NoReturn:
     """A user error: one clean message, passwords masked, exit status 2."""

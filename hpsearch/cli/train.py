@@ -7,8 +7,8 @@ from typing import Any
 
 import click
 
+from hpsearch.choices import DATASET_NAMES
 from hpsearch.cli.common import (
-    DATASETS,
     load_keras_quietly,
     tracking_in_effect,
     tracking_option,
@@ -32,7 +32,7 @@ def config_options(function):
 @config_options
 @click.option(
     "--dataset",
-    type=click.Choice(DATASETS),
+    type=click.Choice(DATASET_NAMES),
     default="digits",
     show_default=True,
     help="digits is bundled with scikit-learn (offline); folder reads "

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hpsearch.choices import DATASET_NAMES
 from hpsearch.datasets.base import (
     CIFAR10_NAMES,
     CIFAR100_NAMES,
@@ -33,7 +34,6 @@ from hpsearch.datasets.folder import read_folder
 from hpsearch.datasets.mnist import resolve_mnist
 from hpsearch.errors import DataError
 
-DATASET_NAMES = ("digits", "cifar10", "cifar100", "mnist", "fashion_mnist", "folder")
 CIFAR10_ENV = "HPSEARCH_CIFAR10"  # a local CIFAR-10 copy used when no data_dir is given
 
 
