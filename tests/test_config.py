@@ -52,11 +52,26 @@ def test_config_augmentation_combinations_parse_and_log_flat():
     assert all(isinstance(v, str) for v in params.values())
 
 
-def test_factors_a_trial_does_not_use_are_logged_as_not_applicable():
-    from hpsearch.config import USES_MOMENTUM
+def test_the_names_are_declared_once_and_every_one_is_built():
+    from hpsearch.choices import ARCHITECTURES, AUGMENTATIONS, DATASET_NAMES, OPTIMIZERS
+    from hpsearch.config import ARCHITECTURE_BLOCKS, USES_MOMENTUM, allowed_values
+    from hpsearch.datasets import DATASET_NAMES as LOADED
     from hpsearch.model.optimizers import _OPTIMIZERS
 
-    assert USES_MOMENTUM == {n for n, (_, extra) in _OPTIMIZERS.items() if extra.get("momentum")}
+    assert allowed_values("architecture") == "one of " + ", ".join(ARCHITECTURES)
+    assert allowed_values("optimizer") == "one of " + ", ".join(OPTIMIZERS)
+    assert ", ".join(AUGMENTATIONS) in allowed_values("augmentation")
+    assert tuple(_OPTIMIZERS) == OPTIMIZERS and USES_MOMENTUM <= set(OPTIMIZERS)
+    assert tuple(ARCHITECTURE_BLOCKS) == ARCHITECTURES
+    assert LOADED is DATASET_NAMES
+    for name in DATASET_NAMES:
+        assert make_data_spec({"dataset": name}).dataset == name
+    with pytest.raises(ConfigError) as refused:
+        make_data_spec({"dataset": "imagenet"})
+    assert all(repr(name) in str(refused.value) for name in DATASET_NAMES)
+
+
+def test_factors_a_trial_does_not_use_are_logged_as_not_applicable():
     adam = make_config({"optimizer": "adam"}).to_params()
     assert adam["momentum"] == "n/a" and adam["weight_decay_magnitude"] == "n/a"
     assert adam["batch_norm_momentum"] == "n/a" and adam["dropout_placement"] == "n/a"

@@ -8,24 +8,25 @@ import math
 import keras
 from keras import ops
 
-from hpsearch.config import TrialConfig
+from hpsearch.choices import Optimizer
+from hpsearch.config import USES_MOMENTUM, TrialConfig
 from hpsearch.errors import ConfigError
 
-# name -> (Keras class, extra constructor arguments besides the learning rate)
-_OPTIMIZERS: dict[str, tuple[type, dict[str, bool]]] = {
-    "sgd": (keras.optimizers.SGD, {}),
-    "sgd_momentum": (keras.optimizers.SGD, {"momentum": True}),
-    "sgd_nesterov": (keras.optimizers.SGD, {"momentum": True, "nesterov": True}),
-    "rmsprop": (keras.optimizers.RMSprop, {}),
-    "rmsprop_momentum": (keras.optimizers.RMSprop, {"momentum": True}),
-    "adam": (keras.optimizers.Adam, {}),
-    "adamax": (keras.optimizers.Adamax, {}),
-    "adagrad": (keras.optimizers.Adagrad, {}),
-    "adadelta": (keras.optimizers.Adadelta, {}),
-    "nadam": (keras.optimizers.Nadam, {}),
-    "ftrl": (keras.optimizers.Ftrl, {}),
-    "adamw": (keras.optimizers.AdamW, {}),
-    "lion": (keras.optimizers.Lion, {}),
+# name -> Keras class; those in USES_MOMENTUM take the config's momentum, sgd_nesterov Nesterov's
+_OPTIMIZERS: dict[Optimizer, type] = {
+    "sgd": keras.optimizers.SGD,
+    "sgd_momentum": keras.optimizers.SGD,
+    "sgd_nesterov": keras.optimizers.SGD,
+    "rmsprop": keras.optimizers.RMSprop,
+    "rmsprop_momentum": keras.optimizers.RMSprop,
+    "adam": keras.optimizers.Adam,
+    "adamax": keras.optimizers.Adamax,
+    "adagrad": keras.optimizers.Adagrad,
+    "adadelta": keras.optimizers.Adadelta,
+    "nadam": keras.optimizers.Nadam,
+    "ftrl": keras.optimizers.Ftrl,
+    "adamw": keras.optimizers.AdamW,
+    "lion": keras.optimizers.Lion,
 }
 
 
@@ -33,17 +34,17 @@ def initial_learning_rate(config: TrialConfig) -> float:
     """The configured learning rate, or the Keras optimizer's own default."""
     if config.learning_rate is not None:
         return config.learning_rate
-    cls, _ = _OPTIMIZERS[config.optimizer]
+    cls = _OPTIMIZERS[config.optimizer]
     return float(inspect.signature(cls).parameters["learning_rate"].default)
 
 
 def build_optimizer(config: TrialConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
     """The optimizer the config names, with its momentum/nesterov and schedule."""
-    cls, extras = _OPTIMIZERS[config.optimizer]
+    cls = _OPTIMIZERS[config.optimizer]
     kwargs: dict[str, object] = {}
-    if extras.get("momentum"):
+    if config.optimizer in USES_MOMENTUM:
         kwargs["momentum"] = config.momentum
-    if extras.get("nesterov"):
+    if config.optimizer == "sgd_nesterov":
         kwargs["nesterov"] = True
     rate: float | keras.optimizers.schedules.LearningRateSchedule = initial_learning_rate(config)
     if config.optimizer_switch != "none":
