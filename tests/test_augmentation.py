@@ -6,8 +6,16 @@ import keras
 import numpy as np
 import pytest
 
+from hpsearch.choices import AUGMENTATIONS
 from hpsearch.config import make_config
-from hpsearch.model.augmentation import GridMask, MixedBatches, in_model_layers
+from hpsearch.model.augmentation import (
+    IN_MODEL,
+    LABEL_MIXING,
+    GridMask,
+    MixedBatches,
+    in_model_layers,
+    needs_mixed_batches,
+)
 from hpsearch.model.builder import build_network
 
 SHAPE = (32, 32, 3)
@@ -21,7 +29,16 @@ def scaled(images: np.ndarray) -> np.ndarray:
     return images.astype("float32") / 255
 
 
-@pytest.mark.parametrize("name", ["standard", "crop", "cutout", "gridmask"])
+def test_every_augmentation_is_in_the_model_or_mixes_batches():
+    assert set(LABEL_MIXING) <= set(AUGMENTATIONS)
+    assert sorted(IN_MODEL + LABEL_MIXING) == sorted(AUGMENTATIONS)
+    assert not any(needs_mixed_batches([name]) for name in IN_MODEL)
+    images, labels = batch(), np.eye(10, dtype="float32")[np.arange(8) % 10]
+    for name in LABEL_MIXING:
+        assert len(MixedBatches(images, labels, 4, [name], seed=0).mixers) == 1, name
+
+
+@pytest.mark.parametrize("name", IN_MODEL)
 def test_in_model_augmentation_changes_training_batches_only(name):
     layers = in_model_layers([name], seed=1)
     assert layers

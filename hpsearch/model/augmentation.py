@@ -21,8 +21,10 @@ import keras
 import numpy as np
 from keras import ops
 
-IN_MODEL = ("standard", "crop", "cutout", "gridmask")
-LABEL_MIXING = ("mixup", "cutmix")
+from hpsearch.choices import AUGMENTATIONS
+
+LABEL_MIXING = ("mixup", "cutmix")  # applied to batches (MixedBatches), not in the model
+IN_MODEL = tuple(name for name in AUGMENTATIONS if name not in LABEL_MIXING)
 
 # Strengths of the reference study's "standard" augmentation (ImageDataGenerator
 # width/height_shift_range=0.1, horizontal_flip=True, zoom_range=0.1).
