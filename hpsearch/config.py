@@ -45,9 +45,20 @@ Monitor = Literal["val_loss", "val_accuracy"]
 DropoutPlacement = Literal["block", "conv"]
 OptimizerSwitch = Literal["none", "epoch", "plateau"]
 
+#: The reference networks' blocks, each (filters, convolutions) and a pooling; built by
+#: hpsearch.model.builder, declared here for their count below.
+VGG_BLOCKS: dict[str, tuple[tuple[int, int], ...]] = {
+    "baseline1": ((32, 1), (64, 1)),
+    "baseline2": ((32, 2), (64, 2), (128, 2)),
+}
+#: resnet9's blocks after its stem, each (filters, residual?): conv -> pool [-> x + conv(conv(x))]
+RESNET9_BLOCKS: tuple[tuple[int, bool], ...] = ((128, True), (256, False), (512, True))
 #: Blocks (conv groups followed by pooling) per architecture; a per-block
 #: dropout list must have this many rates.
-ARCHITECTURE_BLOCKS: dict[str, int] = {"baseline1": 2, "baseline2": 3, "resnet9": 3}
+ARCHITECTURE_BLOCKS: dict[str, int] = {
+    **{name: len(blocks) for name, blocks in VGG_BLOCKS.items()},
+    "resnet9": len(RESNET9_BLOCKS),
+}
 
 
 class TrialConfig(BaseModel):

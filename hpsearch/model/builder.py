@@ -27,19 +27,13 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from hpsearch.config import TrialConfig
+from hpsearch.config import RESNET9_BLOCKS, VGG_BLOCKS, TrialConfig
 from hpsearch.model.augmentation import IN_MODEL_LAYER_NAMES, in_model_layers
 from hpsearch.model.optimizers import build_optimizer
 
-# architecture -> (filters, convolutions) per block
-ARCHITECTURES: dict[str, tuple[tuple[int, int], ...]] = {
-    "baseline1": ((32, 1), (64, 1)),
-    "baseline2": ((32, 2), (64, 2), (128, 2)),
-}
-# resnet9: the stem's filters, then (filters, residual?) per block; each block is
-# conv -> pool [-> x + conv(conv(x))]
+# resnet9's stem, ahead of its blocks (config.RESNET9_BLOCKS); the reference networks'
+# blocks are config.VGG_BLOCKS
 RESNET9_STEM = 64
-RESNET9_BLOCKS: tuple[tuple[int, bool], ...] = ((128, True), (256, False), (512, True))
 
 
 def kernel_regularizer(config: TrialConfig) -> keras.regularizers.Regularizer | None:
@@ -116,13 +110,13 @@ def _vgg_body(x, config: TrialConfig):
     """The reference networks' blocks of convolutions, each ending in a pooling."""
     rates = config.dropout_rates()
     per_conv = config.dropout_placement == "conv"
-    for block, (filters, convs) in enumerate(ARCHITECTURES[config.architecture], start=1):
+    for block, (filters, convs) in enumerate(VGG_BLOCKS[config.architecture], start=1):
         for index in range(1, convs + 1):
             name = f"block{block}_{index}"
             x = _conv_unit(x, filters * config.width, config, name=name)
             if per_conv:  # the study's "dropout on each convolutional layer"
                 x = _dropout(x, rates[block - 1], name)
-        if block == len(ARCHITECTURES[config.architecture]):
+        if block == len(VGG_BLOCKS[config.architecture]):
             x = _logit_scale(x, config)
         x = keras.layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
         if not per_conv:
