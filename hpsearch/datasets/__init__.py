@@ -15,7 +15,7 @@ and the readers :mod:`.cifar`, :mod:`.cifar10_folder`, :mod:`.mnist`, :mod:`.fol
 over :mod:`.archives`.
 """
 
-from hpsearch.datasets.archives import IMAGE_SUFFIXES, TAR_SUFFIXES
+from hpsearch.choices import DATASET_NAMES
 from hpsearch.datasets.base import (
     CIFAR10_NAMES,
     CIFAR100_NAMES,
@@ -25,22 +25,16 @@ from hpsearch.datasets.base import (
     Splits,
 )
 from hpsearch.datasets.cache import default_cache_dir
-from hpsearch.datasets.cifar10_folder import CIFAR10_PER_CLASS
-from hpsearch.datasets.loader import CIFAR10_ENV, DATASET_NAMES, load_dataset
-from hpsearch.datasets.mnist import MNIST_FILES
+from hpsearch.datasets.loader import CIFAR10_ENV, load_dataset
 from hpsearch.datasets.splits import split_dataset
 
 __all__ = [
     "CIFAR10_ENV",
     "CIFAR10_NAMES",
-    "CIFAR10_PER_CLASS",
     "CIFAR100_NAMES",
     "DATASET_NAMES",
     "DIGIT_NAMES",
     "FASHION_MNIST_NAMES",
-    "IMAGE_SUFFIXES",
-    "MNIST_FILES",
-    "TAR_SUFFIXES",
     "Dataset",
     "Splits",
     "default_cache_dir",
