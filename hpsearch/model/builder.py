@@ -192,8 +192,8 @@ def build_training_state(model: keras.Model) -> None:
     Under TensorFlow, Keras otherwise creates them inside the first trace of
     the train step: TensorFlow then traces that step (and the test step) twice,
     once creating variables and once without, and wraps each variable's
-    initialiser in a conditional. Built here, each step is traced once: a
-    5-epoch baseline2 trial on 800 digits took 3.0 s instead of 4.6 s.
+    initialiser in a conditional. Built here, each step is traced once
+    (benchmarks/training_state.py measures the gain; benchmarks/RESULTS.md).
     Values are unchanged (the variables start at the same zeros).
     """
     if not model.optimizer.built:
@@ -222,8 +222,8 @@ def inference_network(model: keras.Model) -> keras.Model:
     draws from the random state of the trial that runs next). The result uses
     only Keras core layers: ``keras.saving.load_model`` alone loads it, in any
     process, and it takes raw uint8 images. A network without augmentation
-    layers needs no wiring again (0.03 s a trial): its own graph is taken as
-    it is, into an uncompiled model (no optimizer state in the saved file).
+    layers needs no wiring again: its own graph is taken as it is, into an
+    uncompiled model (no optimizer state in the saved file).
     """
     if not any(layer.name in IN_MODEL_LAYER_NAMES for layer in model.layers):
         return keras.Model(model.input, model.output, name=model.name)
