@@ -59,16 +59,15 @@ def study_dict(name: str, engine: str, sampler: str, args, seed: int) -> dict:
 def run_one(engine: str, sampler: str, args, seed: int, folder: Path) -> dict:
     import optuna
 
-    from hpsearch.search import keras_tuner_engine as kt_engine
-    from hpsearch.search.optuna_engine import run_search
+    from hpsearch.search.lifecycle import run_search
     from hpsearch.search.study_file import parse_study
 
     name = f"{engine}_{sampler}_{seed}"
     spec = parse_study(study_dict(name, engine, sampler, args, seed), f"{name}.yaml")
     storage = f"sqlite:///{folder / 'optuna.db'}"
-    search = kt_engine.run_search if engine == "keras_tuner" else run_search
     started = time.perf_counter()
-    outcome = search(spec, storage, echo=print if args.verbose else lambda _: None, verbose=0)
+    outcome = run_search(spec, storage,  # the study file names the engine
+                          echo=print if args.verbose else lambda _: None, verbose=0)
     wall = time.perf_counter() - started
     trials = optuna.load_study(study_name=name, storage=storage).trials
     return {

@@ -37,7 +37,7 @@ SPACE = {
 def run(name: str, sampler: dict, pruner: dict, args, folder: str) -> list[object]:
     import optuna
 
-    from hpsearch.search.optuna_engine import run_search
+    from hpsearch.search.lifecycle import run_search
     from hpsearch.search.study_file import parse_study
 
     spec = parse_study(

@@ -45,7 +45,7 @@ def main() -> None:
     import mlflow
 
     import hpsearch.search.optuna_engine
-    from hpsearch.search.optuna_engine import run_search
+    from hpsearch.search.lifecycle import run_search
     from hpsearch.search.study_file import parse_study
 
     peaks: dict[int, float] = {}

@@ -60,7 +60,7 @@ def child(mode: str, data_dir: str, limit: int, epochs: int) -> dict:
         if mode == "hpsearch":
             import mlflow
 
-            from hpsearch.search.optuna_engine import run_search
+            from hpsearch.search.lifecycle import run_search
             from hpsearch.search.study_file import parse_study
 
             mlflow.set_tracking_uri(f"sqlite:///{folder}/mlflow.db")

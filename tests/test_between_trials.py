@@ -14,7 +14,8 @@ from conftest import TRIAL_ARTIFACTS, drawing_children, parents_and_children
 from matplotlib.image import imread
 
 from hpsearch.config import DataSpec, make_config
-from hpsearch.search.optuna_engine import StaleTrialHandler, run_search
+from hpsearch.search.lifecycle import run_search
+from hpsearch.search.lost_trials import StaleTrialHandler
 from hpsearch.search.study_file import parse_study
 from hpsearch.tracking.trial import load_splits
 from hpsearch.tracking.uploads import Uploader

@@ -24,7 +24,7 @@ from hpsearch.choose.chooser import best_trial, combine, load_study
 from hpsearch.choose.report import write_report
 from hpsearch.errors import HpsearchError
 from hpsearch.model.export import read_metadata
-from hpsearch.search.optuna_engine import run_search
+from hpsearch.search.lifecycle import run_search
 from hpsearch.search.study_file import parse_study
 
 pytestmark = pytest.mark.slow  # trains studies (module fixture); the real CLI, an MLflow server

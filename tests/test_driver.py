@@ -11,7 +11,7 @@ import pytest
 from conftest import parents_and_children
 from optuna.trial import TrialState
 
-from hpsearch.search.optuna_engine import run_search
+from hpsearch.search.lifecycle import run_search
 from hpsearch.search.study_file import parse_study
 
 
@@ -135,7 +135,8 @@ def test_pruned_study_prunes_and_saves_epochs(stores):
 def test_sqlite_storage_writes_ahead_and_a_second_worker_reads_while_it_writes(tmp_path):
     import sqlite3
 
-    from hpsearch.search.optuna_engine import WorkerOptions, make_storage
+    from hpsearch.search.options import WorkerOptions
+    from hpsearch.search.storage import make_storage
 
     url = f"sqlite:///{tmp_path}/optuna.db"
     first = make_storage(url, WorkerOptions(heartbeat=0))

@@ -19,7 +19,7 @@ from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from hpsearch.config import DataSpec, make_config
-from hpsearch.search.optuna_engine import run_search
+from hpsearch.search.lifecycle import run_search
 from hpsearch.search.study_file import parse_study
 from hpsearch.tracking import TrialRun, finish_spooled_uploads
 from hpsearch.tracking.trial import load_splits, tracked_trial

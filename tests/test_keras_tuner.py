@@ -168,7 +168,7 @@ def test_conditional_and_mixed_factors_reach_keras_tuner():
     import keras
     import keras_tuner
 
-    from hpsearch.search.keras_tuner_engine import StudyHyperModel, distribution, space_values
+    from hpsearch.search.keras_tuner_space import StudyHyperModel, distribution, space_values
 
     study = parse_study(
         {
@@ -333,7 +333,7 @@ def tiny(name: str, sampler: dict, space: dict, **settings) -> dict:
 
 @pytest.mark.slow
 def test_a_failing_trial_is_recorded_failed_and_the_search_goes_on(stores):
-    from hpsearch.search.keras_tuner_engine import run_search
+    from hpsearch.search.lifecycle import run_search
 
     storage, client = stores
     spec = parse_study(
@@ -363,7 +363,7 @@ def test_a_failing_trial_is_recorded_failed_and_the_search_goes_on(stores):
 
 @pytest.mark.slow
 def test_hyperband_trains_the_epochs_keras_tuner_asks_for(stores, tmp_path):
-    from hpsearch.search.keras_tuner_engine import run_search
+    from hpsearch.search.lifecycle import run_search
 
     storage, client = stores
     spec = parse_study(

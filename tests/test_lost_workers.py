@@ -17,13 +17,10 @@ from conftest import command, environment, parents_and_children
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
-from hpsearch.search.optuna_engine import (
-    WorkerOptions,
-    _process_start,
-    _worker_gone,
-    make_storage,
-    run_search,
-)
+from hpsearch.search.lifecycle import run_search
+from hpsearch.search.lost_trials import _worker_gone, process_start
+from hpsearch.search.options import WorkerOptions
+from hpsearch.search.storage import make_storage
 from hpsearch.search.study_file import parse_study
 
 HOST = socket.gethostname()
@@ -34,7 +31,7 @@ def test_a_local_worker_is_lost_when_its_process_is_gone_or_its_pid_was_reused()
     dead = subprocess.Popen(["true"])
     dead.wait()
     try:
-        start = _process_start(alive.pid)
+        start = process_start(alive.pid)
         assert start is not None
         assert not _worker_gone({"worker": f"{HOST}:{alive.pid}", "worker_start": start})
         assert _worker_gone({"worker": f"{HOST}:{dead.pid}", "worker_start": start})

@@ -12,7 +12,8 @@ import keras
 import pytest
 from conftest import environment
 
-from hpsearch.search.optuna_engine import WorkerOptions, run_search
+from hpsearch.search.lifecycle import run_search
+from hpsearch.search.options import WorkerOptions
 from hpsearch.search.study_file import parse_study
 
 pytestmark = pytest.mark.slow  # searches that train
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.slow  # searches that train
 SCRIPT = """\
     import os, signal
     import keras, mlflow
-    from hpsearch.search.optuna_engine import run_search
+    from hpsearch.search.lifecycle import run_search
     from hpsearch.search.study_file import parse_study
 
     mlflow.set_tracking_uri("sqlite:///mlflow.db")

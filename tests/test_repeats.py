@@ -10,7 +10,7 @@ from hpsearch.choose.chooser import best_trial, describe_best
 from hpsearch.choose.repeats import config_key, group_trials, mean_sd
 from hpsearch.choose.report import write_report
 from hpsearch.errors import ConfigError
-from hpsearch.search.optuna_engine import run_search
+from hpsearch.search.lifecycle import run_search
 from hpsearch.search.space import grid_size
 from hpsearch.search.study_file import parse_study
 

@@ -13,7 +13,7 @@ import pytest
 from conftest import command, environment
 from optuna.trial import TrialState
 
-from hpsearch.search.optuna_engine import run_search
+from hpsearch.search.lifecycle import run_search
 from hpsearch.search.samplers import make_sampler, worker_seed
 from hpsearch.search.study_file import parse_study
 

@@ -335,7 +335,7 @@ def _search(spec: StudyFile, path: Path, storage: str, workers: int | str, echo,
         if code:
             raise HpsearchError(f"{spec.name}: a worker exited with status {code}")
         return
-    from hpsearch.search.optuna_engine import describe, run_search
+    from hpsearch.search.lifecycle import describe, run_search
 
     outcome = run_search(spec, storage, echo=echo, verbose=verbose)
     echo(describe(outcome))

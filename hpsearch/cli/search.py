@@ -17,6 +17,7 @@ from hpsearch.cli.common import (
     tracking_option,
 )
 from hpsearch.errors import HpsearchError
+from hpsearch.search.engines import ENGINE_NAMES, ONE_PROCESS
 
 
 def study_options(function):
@@ -49,9 +50,6 @@ def study_options(function):
     return function
 
 
-ENGINES = ("optuna", "keras_tuner")
-
-
 def _load(study_file, overrides, data_dir, limit, engine=None):
     from hpsearch.config import parse_overrides
     from hpsearch.search.study_file import load_study
@@ -68,35 +66,30 @@ def _run(study_file, n_trials, timeout, storage, tracking_uri, data_dir, limit, 
     """Run the study in this process; ``worker``: as one of several (its own sampler seed)."""
     stop_on_sigterm()
     spec = _load(study_file, overrides, data_dir, limit, engine)
-    if spec.engine == "keras_tuner" and worker:
+    if spec.engine in ONE_PROCESS and worker:
         raise HpsearchError(
-            f"{study_file}: a keras_tuner study runs in one process: "
+            f"{study_file}: a {spec.engine} study runs in one process: "
             "use `hpsearch search`, not `worker`"
         )
     url = storage_for(storage, tracking_uri)
     load_keras_quietly()
     from hpsearch.search.engines import check_engine
-    from hpsearch.search.optuna_engine import WorkerOptions, describe, run_search
+    from hpsearch.search.lifecycle import describe, run_search
+    from hpsearch.search.options import WorkerOptions
 
     check_engine(spec, url)
-    options = WorkerOptions(heartbeat, grace, max_retry, max_trials)
-    if worker:  # seeds the sampler: workers seeded alike would propose the same points
-        import os
+    options = None  # the engine's defaults (keras_tuner: one process, no heartbeats)
+    if spec.engine not in ONE_PROCESS:
+        options = WorkerOptions(heartbeat, grace, max_retry, max_trials)
+    if worker and options is not None:  # seeds the sampler: workers seeded alike would
+        import os  # propose the same points
         import socket
 
         identity = f"{socket.gethostname()}:{os.getpid()}"
         options.worker = worker_index if worker_index is not None else identity
-    if spec.engine == "keras_tuner":
-        from hpsearch.search.keras_tuner_engine import run_search as run_keras_tuner
-
-        options = WorkerOptions(0, max_retry=0)
-        outcome = run_keras_tuner(spec, url, n_trials or None, timeout or None,
-                                  echo=click.echo, verbose=0 if quiet else 2,
-                                  options=options)  # fmt: skip
-    else:
-        outcome = run_search(spec, url, n_trials or None, timeout or None, echo=click.echo,
-                             verbose=0 if quiet else 2, options=options,
-                             warn=lambda line: click.echo(line, err=True))  # fmt: skip
+    outcome = run_search(spec, url, n_trials or None, timeout or None, echo=click.echo,
+                         verbose=0 if quiet else 2, options=options,
+                         warn=lambda line: click.echo(line, err=True))  # fmt: skip
     if summary:
         click.echo(describe(outcome))
     if outcome.interrupted:
@@ -107,7 +100,7 @@ def _run(study_file, n_trials, timeout, storage, tracking_uri, data_dir, limit, 
 @study_options
 @click.option("--workers", type=WorkerCount(), default=1, show_default=True,
               help=WORKERS_HELP)  # fmt: skip
-@click.option("--engine", type=click.Choice(ENGINES), default=None,
+@click.option("--engine", type=click.Choice(ENGINE_NAMES), default=None,
               help="Who proposes trials: Optuna's samplers or KerasTuner's tuners "
                    "(overrides the study file's engine).")  # fmt: skip
 def search(study_file, n_trials, timeout, storage, tracking_uri, data_dir, limit, overrides,
@@ -117,16 +110,16 @@ def search(study_file, n_trials, timeout, storage, tracking_uri, data_dir, limit
         spec = _load(study_file, overrides, data_dir, limit, engine)
         from hpsearch.search.gpu_share import auto_workers
 
-        workers = 1 if spec.engine == "keras_tuner" else auto_workers(spec, click.echo)
+        workers = 1 if spec.engine in ONE_PROCESS else auto_workers(spec, click.echo)
     if workers == 1:
         _run(study_file, n_trials, timeout, storage, tracking_uri, data_dir, limit, overrides,
              heartbeat, grace, max_retry, quiet, engine=engine)  # fmt: skip
         return
     stop_on_sigterm()
     spec = _load(study_file, overrides, data_dir, limit, engine)
-    if spec.engine == "keras_tuner":
+    if spec.engine in ONE_PROCESS:
         raise HpsearchError(
-            f"{study_file}: a keras_tuner study runs in one process: leave out --workers"
+            f"{study_file}: a {spec.engine} study runs in one process: leave out --workers"
         )
     url = storage_for(storage, tracking_uri)
     from hpsearch.search.workers import launch_workers

@@ -1,24 +1,45 @@
-"""Which engine ran a study: the check every ``search`` and ``worker`` makes before running.
+"""The engines, chosen here and only here: names, classes, and the check that a study keeps its own.
 
-Kept apart from :mod:`hpsearch.search.keras_tuner_engine`, which imports keras_tuner (and
-with it TensorFlow): the Optuna engine's path, on KERAS_BACKEND=jax too, needs neither.
+Light to import (the CLI reads the names for ``--engine``): each engine's module is imported
+only when a study runs on it, so an Optuna search never imports keras_tuner (and with it, on
+KERAS_BACKEND=jax, TensorFlow).
 """
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal, get_args
 
 from hpsearch.errors import HpsearchError
-from hpsearch.search.study_file import StudyFile
 from hpsearch.util.redact import hide_password
 
-ENGINE_ATTR = "engine"  # the study's user attribute naming the engine that ran it
+if TYPE_CHECKING:
+    from hpsearch.search.lifecycle import Engine
+    from hpsearch.search.study_file import StudyFile
+
+EngineName = Literal["optuna", "keras_tuner"]
+ENGINE_NAMES: tuple[str, ...] = get_args(EngineName)
+_CLASSES = {  # name -> (module, class), imported when a study runs on it
+    "optuna": ("hpsearch.search.optuna_engine", "OptunaEngine"),
+    "keras_tuner": ("hpsearch.search.keras_tuner_engine", "KerasTunerEngine"),
+}
+ONE_PROCESS = ("keras_tuner",)  # engines whose study runs in one process (no workers)
+
+
+def engine_class(name: str) -> type[Engine]:
+    """The engine of that name (``StudyFile.engine``)."""
+    if name not in _CLASSES:
+        raise HpsearchError(f"unknown engine {name!r}; engines: {', '.join(ENGINE_NAMES)}")
+    module, cls = _CLASSES[name]
+    return getattr(importlib.import_module(module), cls)
 
 
 def check_engine(spec: StudyFile, storage: str) -> None:
     """Refuse to run a study with the optuna engine where KerasTuner ran it (and vice versa)."""
     import optuna
 
+    from hpsearch.records import StudyRecord
     from hpsearch.util.connections import check_storage
 
     check_storage(storage)
@@ -29,9 +50,8 @@ def check_engine(spec: StudyFile, storage: str) -> None:
         store = optuna.storages.RDBStorage(storage)
         if spec.name not in optuna.get_all_study_names(store):
             return
-        engine = optuna.load_study(study_name=spec.name, storage=store).user_attrs.get(
-            ENGINE_ATTR, "optuna"
-        )
+        study = optuna.load_study(study_name=spec.name, storage=store)
+        engine = StudyRecord.of(study).engine or "optuna"
     except Exception:  # noqa: BLE001 - a bad storage is reported by whoever opens it next
         return
     finally:

@@ -6,8 +6,9 @@ The study's ``space`` becomes KerasTuner hyperparameters (``hp.Choice``, ``hp.Fl
 bayesian, hyperband). :class:`TrackedTuner` runs every trial it is given through
 :func:`hpsearch.tracking.trial.tracked_trial` in a nested :class:`~hpsearch.tracking.TrialRun`,
 exactly as the Optuna engine does, and mirrors it into an Optuna study of the same name in the
-same storage (params, value, state and the driver's user attributes), so the parent run's summary,
-``hpsearch best``, ``combine`` and ``report`` work on either engine's studies unchanged.
+same storage (params, value, state and its :class:`~hpsearch.records.TrialRecord`), so the
+parent run's summary, ``hpsearch best``, ``combine`` and ``report`` work on either engine's
+studies unchanged.
 
 KerasTuner's project directory lies beside the Optuna storage
 (``<folder of optuna.db>/keras_tuner/<study>``) and is never overwritten: a rerun reloads it
@@ -18,13 +19,12 @@ study (KerasTuner's own distributed mode is not used).
 from __future__ import annotations
 
 import contextlib
-import json
+import dataclasses
 import math
 import os
 import socket
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,45 +32,25 @@ import keras
 import keras_tuner
 import numpy as np
 import optuna
-from optuna.distributions import (
-    BaseDistribution,
-    CategoricalDistribution,
-    FloatDistribution,
-    IntDistribution,
-)
 from optuna.trial import TrialState
 
+from hpsearch.compat import study_storage
+from hpsearch.compat import trial_id as storage_trial_id
 from hpsearch.config import make_config
-from hpsearch.datasets import Splits
-from hpsearch.errors import ConfigError, HpsearchError, failure_reason
-from hpsearch.model.builder import build_model
-from hpsearch.search.engines import ENGINE_ATTR, check_engine  # noqa: F401 - kt_engine's API
-from hpsearch.search.optuna_engine import (
-    PARENT_ATTR,
-    SearchOutcome,
-    WorkerOptions,
-    _outcome,
-    find_parent,
-    finish_parent,
-    make_storage,
-    trial_seed,
-)
-from hpsearch.search.study_file import EPOCH_METRIC, Factor, StudyFile
-from hpsearch.tracking import (
-    StudyRun,
-    TrialRun,
-    close_lost_run,
-    close_unclosed_runs,
-    wait_for_tracking,
-)
-from hpsearch.tracking.trial import load_splits, tracked_trial
+from hpsearch.errors import HpsearchError, failure_reason
+from hpsearch.records import StudyRecord, TrialRecord
+from hpsearch.search.keras_tuner_space import StudyHyperModel, distribution, make_oracle
+from hpsearch.search.lifecycle import Engine, Search, trial_seed
+from hpsearch.search.options import WorkerOptions
+from hpsearch.search.storage import make_storage
+from hpsearch.search.study_file import EPOCH_METRIC
+from hpsearch.tracking import TrialRun, close_lost_run, close_unclosed_runs
+from hpsearch.tracking.trial import tracked_trial
 from hpsearch.training.session import release_trial_state
-from hpsearch.util.progress import StudyProgress, quiet_progress
-from hpsearch.util.redact import hide_password, redact_logs
+from hpsearch.util.progress import StudyProgress
+from hpsearch.util.redact import hide_password
 
 ENGINE = "keras_tuner"
-TRIAL_ID_ATTR = "keras_tuner_trial_id"
-HYPERBAND_KEYS = ("tuner/epochs", "tuner/initial_epoch", "tuner/trial_id")
 WEIGHTS = "hpsearch-weights.npz"  # a trial's kept weights, for hyperband's next rounds
 
 
@@ -85,165 +65,11 @@ def project_dir(storage: str, study_name: str) -> Path:
 # --- the search space as KerasTuner hyperparameters -------------------------------------------
 
 
-def choice_codec(choices: list[Any]) -> dict[Any, Any]:
-    """KerasTuner value -> study value for a ``choices`` factor.
-
-    A KerasTuner ``Choice`` holds values of one type (str, int, float or bool); a mixed list
-    such as ``[none, 0.2]`` or ``[null, 1.0e-3]`` is offered to KerasTuner as strings.
-    """
-    kinds = {type(value) for value in choices}
-    if len(kinds) == 1 and kinds <= {str, int, float, bool}:
-        return {value: value for value in choices}
-    encoded = [value if isinstance(value, str) else json.dumps(value) for value in choices]
-    if len(set(encoded)) < len(encoded):  # e.g. both "0.2" and 0.2
-        encoded = [json.dumps(value) for value in choices]
-    return dict(zip(encoded, choices, strict=True))
-
-
-def _encode(factor: Factor, value: Any) -> Any:
-    for kt_value, study_value in choice_codec(factor.choices or []).items():
-        if study_value == value and type(study_value) is type(value):
-            return kt_value
-    return None
-
-
-def _declare(hp: keras_tuner.HyperParameters, key: str, factor: Factor) -> Any:
-    if factor.choices is not None:
-        return hp.Choice(key, list(choice_codec(factor.choices)))
-    if factor.is_integer:
-        step = None if factor.log else int(factor.step or 1)
-        sampling = "log" if factor.log else "linear"
-        low, high = factor.bounds
-        return hp.Int(key, int(low), int(high), step=step, sampling=sampling)
-    sampling = "log" if factor.log else "linear"
-    low, high = factor.bounds
-    return hp.Float(key, low, high, step=factor.step, sampling=sampling)
-
-
-def _decode(factor: Factor, value: Any) -> Any:
-    if factor.choices is not None:
-        return choice_codec(factor.choices)[value]
-    if factor.is_integer:
-        return int(value)
-    value = float(value)
-    if factor.step:  # snap onto the step grid (exact for Optuna's distribution)
-        value = factor.low + round((value - factor.low) / factor.step) * factor.step
-        value = min(max(round(value, 12), factor.low), factor.high)
-    return value
-
-
-def space_values(hp: keras_tuner.HyperParameters, study: StudyFile) -> dict[str, Any]:
-    """Declare the study's space on ``hp``; the fixed keys plus each active factor's value.
-
-    Mirrors :func:`hpsearch.search.space.suggest`: factors in file order; a ``when`` on a factor
-    declared before becomes ``hp.conditional_scope``; a ``when`` on any other key (fixed, or
-    declared later) is decided here, on the values known so far.
-    """
-    values: dict[str, Any] = dict(study.fixed)
-    declared: set[str] = set()
-    for key, factor in study.space.items():
-        scopes, possible = [], True
-        for parent, allowed in (factor.when or {}).items():
-            if parent not in declared:
-                possible = possible and values.get(parent) in allowed
-                continue
-            parent_factor = study.space[parent]
-            if parent_factor.choices is not None:
-                allowed = [_encode(parent_factor, v) for v in allowed]
-                allowed = [v for v in allowed if v is not None]
-            if not allowed:
-                possible = False
-            scopes.append((parent, allowed))
-        if not possible:
-            continue
-        with contextlib.ExitStack() as stack:
-            for parent, allowed in scopes:
-                stack.enter_context(hp.conditional_scope(parent, allowed))
-            _declare(hp, key, factor)
-        declared.add(key)
-        if hp.is_active(key) and key in hp.values:
-            values[key] = _decode(factor, hp.values[key])
-    return values
-
-
-def distribution(factor: Factor) -> BaseDistribution:
-    """The Optuna distribution the Optuna engine would suggest this factor from."""
-    if factor.choices is not None:
-        return CategoricalDistribution(factor.choices)
-    if factor.is_integer:
-        step = 1 if factor.log else int(factor.step or 1)
-        low, high = factor.bounds
-        return IntDistribution(int(low), int(high), log=factor.log, step=step)
-    low, high = factor.bounds
-    return FloatDistribution(low, high, log=factor.log, step=factor.step)
-
-
-class StudyHyperModel(keras_tuner.HyperModel):
-    """hpsearch's model builder as a KerasTuner HyperModel over a study's space.
-
-    While KerasTuner explores the space (``declare_only``, as a tuner starts), ``build`` only
-    declares the hyperparameters: a combination the trial config refuses then fails its own
-    trial (``invalid_config``), as with Optuna, instead of the whole search.
-    """
-
-    def __init__(self, study: StudyFile, input_shape, num_classes: int, train_size: int) -> None:
-        super().__init__(name=study.name)
-        self.study = study
-        self.input_shape, self.num_classes, self.train_size = input_shape, num_classes, train_size
-        self.declare_only = False
-
-    def values(self, hp: keras_tuner.HyperParameters, seed: int = 0) -> dict[str, Any]:
-        """The trial-config values ``hp`` stands for (fixed keys, active factors, seed)."""
-        return {**space_values(hp, self.study), "seed": seed}
-
-    def build(self, hp: keras_tuner.HyperParameters) -> keras.Model | None:
-        values = self.values(hp)
-        if self.declare_only:
-            return None
-        config = make_config(values, f"{self.study.name}: keras_tuner trial")
-        steps = math.ceil(self.train_size / config.batch_size)
-        return build_model(config, self.input_shape, self.num_classes, steps)
-
-
 class _Stop(Exception):
     """Raised before a trial is created to end KerasTuner's search loop."""
 
 
 # --- the tuner --------------------------------------------------------------------------------
-
-
-def make_oracle(study: StudyFile) -> keras_tuner.Oracle:
-    """KerasTuner's oracle for the study's sampler; KerasTuner takes seed 0 as 'random'."""
-    spec = study.sampler
-    direction = "max" if study.objective.direction == "maximize" else "min"
-    common = {
-        "objective": keras_tuner.Objective(study.objective.metric, direction),
-        "seed": spec.seed + 1,
-        "max_retries_per_trial": 0,
-        "max_consecutive_failed_trials": 10**9,  # hpsearch stops after 5 in a row itself
-    }
-    if spec.type == "random":
-        return keras_tuner.oracles.RandomSearchOracle(**common)
-    if spec.type == "bayesian":
-        return keras_tuner.oracles.BayesianOptimizationOracle(
-            num_initial_points=spec.n_startup_trials, **common
-        )
-    if spec.type == "hyperband":
-        return keras_tuner.oracles.HyperbandOracle(
-            max_epochs=max_epochs(study),
-            factor=spec.factor,
-            hyperband_iterations=spec.hyperband_iterations,
-            **common,
-        )
-    raise ConfigError(f"{study.name}: sampler.type {spec.type!r} is not a keras_tuner sampler")
-
-
-def max_epochs(study: StudyFile) -> int:
-    from hpsearch.config import TrialConfig
-
-    return study.sampler.max_epochs or int(
-        study.fixed.get("epochs", TrialConfig.model_fields["epochs"].default)
-    )
 
 
 class _WarmStart(keras.callbacks.Callback):
@@ -261,28 +87,15 @@ class _WarmStart(keras.callbacks.Callback):
 class TrackedTuner(keras_tuner.Tuner):
     """A KerasTuner tuner whose trials are hpsearch trials: tracked, mirrored, seeded."""
 
-    def __init__(
-        self,
-        study: StudyFile,
-        optuna_study: optuna.Study,
-        parent: StudyRun,
-        splits: Splits,
-        fingerprint: str,
-        total: int | None,
-        deadline: float | None,
-        echo: Callable[[str], None],
-        verbose: int,
-        options: WorkerOptions,
-        directory: Path,
-    ) -> None:
-        self.study, self.optuna_study, self.parent = study, optuna_study, parent
-        self.splits, self.fingerprint = splits, fingerprint
-        self.total, self.deadline, self.echo, self.verbose = total, deadline, echo, verbose
-        self.options = options
-        self.progress = StudyProgress(total, echo)
-        self.failures_in_a_row = 0
-        self.last_failure: str | None = None
-        self.fatal: HpsearchError | None = None
+    def __init__(self, search: Search, directory: Path) -> None:
+        study, splits = search.spec, search.splits
+        self.lifecycle, self.study, self.optuna_study = search, study, search.study
+        self.splits, self.fingerprint, self.verbose = splits, search.fingerprint, search.verbose
+        self.total = search.n_trials or study.n_trials
+        self.deadline = search.deadline()
+        self.progress = StudyProgress(self.total, search.echo)
+        self.stopping = False  # the failure rule said stop
+        self.fatal: HpsearchError | None = None  # the tracking server stayed away
         hypermodel = StudyHyperModel(
             study, splits.input_shape, splits.num_classes, len(splits.x_train)
         )
@@ -321,11 +134,7 @@ class TrackedTuner(keras_tuner.Tuner):
             raise _Stop
         if self.deadline is not None and time.monotonic() >= self.deadline:
             raise _Stop
-        if self.failures_in_a_row >= self.options.max_failures_in_a_row:
-            self.echo(
-                f"[{self.study.name}] stopping: {self.failures_in_a_row} trials in a row failed "
-                f"(last: {self.last_failure}); fix the cause and rerun to resume"
-            )
+        if self.stopping:
             raise _Stop
         self.oracle.max_trials = None if self.total is None else self.total + self.counts()[1]
 
@@ -340,8 +149,8 @@ class TrackedTuner(keras_tuner.Tuner):
         params = {k: values[k] for k in self.study.space if k in values}
         distributions = {k: distribution(self.study.space[k]) for k in params}
         mirror = self._ask(params, distributions)
-        attrs = {"seed": seed, "worker": f"{socket.gethostname()}:{os.getpid()}",
-                 TRIAL_ID_ATTR: trial.trial_id}  # fmt: skip
+        record = TrialRecord(seed=seed, worker=f"{socket.gethostname()}:{os.getpid()}",
+                             keras_tuner_trial_id=trial.trial_id)  # fmt: skip
         warm, tags = None, {"keras_tuner.trial_id": trial.trial_id,
                             "keras_tuner.tuner": self.study.sampler.type}  # fmt: skip
         if "tuner/epochs" in hp.values:  # hyperband: the epochs it asks for
@@ -353,24 +162,22 @@ class TrackedTuner(keras_tuner.Tuner):
                 values["epochs"] -= initial
                 tags["keras_tuner.initial_epoch"] = str(initial)
                 tags["keras_tuner.resumed_from"] = str(earlier)
-                attrs["resumed_from_keras_tuner_trial"] = earlier
-                attrs["initial_epoch"] = initial
+                record.resumed_from_keras_tuner_trial = earlier
+                record.initial_epoch = initial
         try:
             results = self._executions(mirror, values, tags, warm)
         except BaseException as error:
-            self.last_failure = reason = failure_reason(error)
-            self._tell(mirror, None, {**attrs, "fail_reason": reason})
-            if reason != "tracking_unreachable":
-                self.failures_in_a_row += 1
-            elif not isinstance(error, KeyboardInterrupt):
+            record.fail_reason = failure_reason(error)
+            self._tell(mirror, None, record)
+            if not isinstance(error, KeyboardInterrupt):
                 try:
-                    wait_for_tracking(self.options.tracking_wait, self.echo)
-                except HpsearchError as lost:
+                    self.stopping = self.lifecycle.streak.after(record.fail_reason)
+                except HpsearchError as lost:  # the tracking server stayed away
                     self.fatal = lost  # the search stops before the next trial
             raise
         finally:
             release_trial_state()
-        self.failures_in_a_row = 0
+        self.lifecycle.streak.after(None)
         metric = self.study.objective.metric
         value = float(np.mean([result.final_metrics()[metric] for _, result, _ in results]))
         maximize = self.study.objective.direction == "maximize"
@@ -380,12 +187,13 @@ class TrackedTuner(keras_tuner.Tuner):
         if self.study.sampler.type == "hyperband":
             path = self._trial_path(trial.trial_id) / WEIGHTS
             np.savez(path, *best.model.get_weights())
-        attrs.update(
+        record = dataclasses.replace(
+            record,
             mlflow_run_id=run_id,
             config=config.model_dump(mode="json"),
             seed=config.seed,
             epochs_run=sum(result.epochs_run for _, result, _ in results),
-            best_epoch=best.best_epoch + int(attrs.get("initial_epoch", 0)),
+            best_epoch=best.best_epoch + (record.initial_epoch or 0),
             wall_time_s=sum(result.wall_time_s for _, result, _ in results),
             fit_time_s=sum(result.fit_time_s for _, result, _ in results),
             repeat=0,
@@ -393,8 +201,8 @@ class TrackedTuner(keras_tuner.Tuner):
             **best.test_metrics,  # evaluate_test: the best execution's kept weights, once
         )
         if len(results) > 1:  # the best execution's run, config and seed stand for the trial
-            attrs["mlflow_run_ids"] = [run for run, _, _ in results]
-        self._tell(mirror, value, attrs, best.history.get(EPOCH_METRIC[metric]))
+            record.mlflow_run_ids = [run for run, _, _ in results]
+        self._tell(mirror, value, record, best.history.get(EPOCH_METRIC[metric]))
         return {metric: value}
 
     def _executions(self, mirror, values, tags, warm) -> list[tuple[str, Any, Any]]:
@@ -412,12 +220,12 @@ class TrackedTuner(keras_tuner.Tuner):
                 **tags,
                 **({"keras_tuner.execution": str(execution)} if executions > 1 else {}),
             }
-            with TrialRun(self.study.name, name, run_tags, self.parent.run_id) as run:
+            with TrialRun(self.study.name, name, run_tags, self.lifecycle.parent.run_id) as run:
                 if execution == 0:
-                    mirror.set_user_attr("mlflow_run_id", run.run_id)
+                    TrialRecord(mlflow_run_id=run.run_id).write(mirror)
                 config = make_config({**values, "seed": seed}, f"trial {mirror.number}")
                 if execution == 0:
-                    mirror.set_user_attr("config", config.model_dump(mode="json"))
+                    TrialRecord(config=config.model_dump(mode="json")).write(mirror)
                 result = tracked_trial(
                     config, self.study.data, self.splits, run, self.fingerprint,
                     [_WarmStart(warm)] if warm else [],
@@ -432,9 +240,8 @@ class TrackedTuner(keras_tuner.Tuner):
         self.optuna_study.enqueue_trial(params, skip_if_exists=False)
         return self.optuna_study.ask(fixed_distributions=distributions)
 
-    def _tell(self, mirror: optuna.Trial, value, attrs: dict, curve=None) -> None:
-        for key, item in attrs.items():
-            mirror.set_user_attr(key, item)
+    def _tell(self, mirror: optuna.Trial, value, record: TrialRecord, curve=None) -> None:
+        record.write(mirror)
         for step, point in enumerate(curve or []):
             mirror.report(float(point), step)
         if value is None or not math.isfinite(value):
@@ -448,98 +255,89 @@ class TrackedTuner(keras_tuner.Tuner):
         return Path(self.get_trial_dir(trial_id))
 
 
-# --- the search -------------------------------------------------------------------------------
+# --- the engine --------------------------------------------------------------------------------
 
 
-def open_mirror(spec: StudyFile, storage: str) -> tuple[optuna.Study, bool]:
-    """The Optuna study the KerasTuner trials are mirrored into; True when it is new."""
-    store = make_storage(storage, WorkerOptions(heartbeat=0))
-    sampler = optuna.samplers.RandomSampler(seed=spec.sampler.seed)  # unused: params are fixed
-    direction = spec.objective.direction
-    try:
-        study = optuna.create_study(
-            study_name=spec.name, storage=store, direction=direction, sampler=sampler
-        )
-        created = True
-    except optuna.exceptions.DuplicatedStudyError:
-        study = optuna.load_study(study_name=spec.name, storage=store, sampler=sampler)
-        created = False
-    engine = study.user_attrs.get(ENGINE_ATTR, "optuna")
-    if not created and engine != ENGINE and study.get_trials(deepcopy=False):
-        raise HpsearchError(
-            f"study {spec.name!r} in {hide_password(storage)} was run by the optuna engine; "
-            "give the keras_tuner study another name, or use another --storage"
-        )
-    study.set_user_attr(ENGINE_ATTR, ENGINE)
-    return study, created or PARENT_ATTR not in study.user_attrs
+class KerasTunerEngine(Engine):
+    """KerasTuner's tuners (random, bayesian, hyperband); one process, its project on disk."""
 
+    name = ENGINE
 
-def _reap_lost_trials(study: optuna.Study) -> None:
-    """Trials left RUNNING by a process that died: FAIL them and close their MLflow runs."""
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        run_id = trial.user_attrs.get("mlflow_run_id")
-        if run_id:
-            close_lost_run(run_id)
-        from hpsearch.optuna_compat import study_storage, trial_id
+    @classmethod
+    def default_options(cls) -> WorkerOptions:
+        return WorkerOptions(heartbeat=0, max_retry=0)  # one process: no heartbeats
 
-        study_storage(study).set_trial_user_attr(trial_id(trial), "fail_reason", "worker_lost")
-        study.tell(trial.number, state=TrialState.FAIL)
+    def open_study(self) -> tuple[optuna.Study, bool]:
+        """The Optuna study the KerasTuner trials are mirrored into."""
+        spec, storage = self.search.spec, self.search.storage_url
+        store = make_storage(storage, WorkerOptions(heartbeat=0))
+        sampler = optuna.samplers.RandomSampler(seed=spec.sampler.seed)  # unused: fixed params
+        direction = spec.objective.direction
+        try:
+            study = optuna.create_study(
+                study_name=spec.name, storage=store, direction=direction, sampler=sampler
+            )
+            created = True
+        except optuna.exceptions.DuplicatedStudyError:
+            study = optuna.load_study(study_name=spec.name, storage=store, sampler=sampler)
+            created = False
+        engine = StudyRecord.of(study).engine or "optuna"
+        if not created and engine != ENGINE and study.get_trials(deepcopy=False):
+            raise HpsearchError(
+                f"study {spec.name!r} in {hide_password(storage)} was run by the optuna engine; "
+                "give the keras_tuner study another name, or use another --storage"
+            )
+        StudyRecord(engine=ENGINE).write(study)
+        return study, created or StudyRecord.of(study).mlflow_parent_run_id is None
 
+    def reap_lost(self) -> None:
+        """Trials left RUNNING by a process that died: FAIL them and close their MLflow runs.
 
-def run_search(
-    spec: StudyFile,
-    storage: str,
-    n_trials: int | None = None,
-    timeout: float | None = None,
-    echo: Callable[[str], None] = print,
-    verbose: int = 2,
-    options: WorkerOptions | None = None,
-) -> SearchOutcome:
-    """Run (or resume) a keras_tuner study until its total, the hyperband schedule or timeout."""
-    options = options or WorkerOptions(heartbeat=0)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    redact_logs("optuna", "mlflow")
-    study, created = open_mirror(spec, storage)
-    _reap_lost_trials(study)
-    with quiet_progress(verbose == 0):  # decoding an archive: no progress under -q
-        splits, fingerprint = load_splits(spec.data)
-    parent = find_parent(study, spec, storage, created)
-    folder = project_dir(storage, spec.name)
-    if not (folder / "oracle.json").exists() and study.user_attrs.get("keras_tuner_project"):
-        echo(f"[{spec.name}] no KerasTuner project at {folder}: starting a new one in the study")
-    study.set_user_attr("keras_tuner_project", str(folder.resolve()))
-    _tag_parent(parent, {"hpsearch.engine": ENGINE, "keras_tuner.project_dir": str(folder),
-                         "keras_tuner.tuner": spec.sampler.type})  # fmt: skip
-    total = n_trials or spec.n_trials
-    limit = timeout or spec.timeout
-    deadline = time.monotonic() + limit if limit else None
-    interrupted = False
-    tuner = None
-    try:
-        tuner = TrackedTuner(spec, study, parent, splits, fingerprint, total, deadline, echo,
-                             verbose, options, folder)  # fmt: skip
-        count = tuner.left()
+        (One process runs a keras_tuner study: any RUNNING trial is a dead process's.)
+        """
+        study = self.search.study
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            record = TrialRecord.of(trial)
+            if record.mlflow_run_id:
+                close_lost_run(record.mlflow_run_id)
+            TrialRecord(fail_reason="worker_lost").write_to_storage(
+                study_storage(study), storage_trial_id(trial)
+            )
+            study.tell(trial.number, state=TrialState.FAIL)
+
+    def announce(self, created: bool) -> str:
+        search, spec = self.search, self.search.spec
+        folder = project_dir(search.storage_url, spec.name)
+        study = search.study
+        if not (folder / "oracle.json").exists() and StudyRecord.of(study).keras_tuner_project:
+            search.echo(f"[{spec.name}] no KerasTuner project at {folder}: "
+                        "starting a new one in the study")  # fmt: skip
+        StudyRecord(keras_tuner_project=str(folder.resolve())).write(study)
+        _tag_parent(search, {"hpsearch.engine": ENGINE, "keras_tuner.project_dir": str(folder),
+                             "keras_tuner.tuner": spec.sampler.type})  # fmt: skip
+        self.tuner = TrackedTuner(search, folder)
+        count = self.tuner.left()
+        total = search.n_trials or spec.n_trials
         left = "trials until its schedule ends" if count is None else f"{count} of {total} left"
-        echo(
-            f"[{spec.name}] {'resuming' if tuner.oracle.trials else 'starting'} with KerasTuner "
-            f"({spec.sampler.type}): {left}{f', timeout {limit:g}s' if limit else ''}; "
-            f"{len(splits.x_train)} training images; storage {hide_password(storage)}; "
-            f"project {folder}"
+        return (
+            f"[{spec.name}] {'resuming' if self.tuner.oracle.trials else 'starting'} with "
+            f"KerasTuner ({spec.sampler.type}): {left}{search.timeout_note()}; "
+            f"{search.data_note()}; project {folder}"
         )
-        with contextlib.suppress(_Stop), tuner.progress.bar(study):
-            tuner.search(verbose=1 if verbose else 0)
+
+    def run(self) -> None:
+        tuner = self.tuner
+        with contextlib.suppress(_Stop), tuner.progress.bar(self.search.study):
+            tuner.search(verbose=1 if self.search.verbose else 0)
         if tuner.fatal is not None:
             raise tuner.fatal
-    except KeyboardInterrupt:
-        interrupted = True
-        if tuner is not None:
+
+    def finishing(self, interrupted: bool) -> None:
+        if interrupted and hasattr(self, "tuner"):
             with contextlib.suppress(Exception):
-                tuner.save()  # the cut trial stays ongoing: KerasTuner retries it on resume
-    finally:
-        finish_parent(study, parent, "KILLED" if interrupted else "FINISHED")
-    return _outcome(study, parent, interrupted)
+                self.tuner.save()  # the cut trial stays ongoing: KerasTuner retries it on resume
 
 
-def _tag_parent(parent: StudyRun, tags: dict[str, str]) -> None:
+def _tag_parent(search: Search, tags: dict[str, str]) -> None:
     with tempfile.TemporaryDirectory(prefix="hpsearch-tags-") as empty:
-        parent.log_summary({}, tags, Path(empty))
+        search.parent.log_summary({}, tags, Path(empty))

@@ -15,9 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from hpsearch.config import DataSpec, TrialConfig, format_validation_error, make_config
 from hpsearch.errors import ConfigError, short_repr
+from hpsearch.search.engines import EngineName
 from hpsearch.util.safe_yaml import load_yaml_file
 
-EngineName = Literal["optuna", "keras_tuner"]
 SamplerName = Literal["grid", "random", "tpe", "cmaes", "qmc", "bayesian", "hyperband"]
 PrunerName = Literal["none", "median", "percentile", "successive_halving", "hyperband"]
 ObjectiveMetric = Literal["best_val_accuracy", "kept_val_accuracy", "best_val_loss"]

@@ -54,18 +54,17 @@ def launch_workers(
     """
     import mlflow
 
-    from hpsearch.search.optuna_engine import (
-        StaleTrialHandler,
-        WorkerOptions,
-        _outcome,
+    from hpsearch.search.lifecycle import (
         describe,
-        fail_lost_trials,
         find_parent,
         finish_parent,
-        make_storage,
-        open_study,
+        outcome,
         trials_to_run,
     )
+    from hpsearch.search.lost_trials import StaleTrialHandler, fail_lost_trials
+    from hpsearch.search.options import WorkerOptions
+    from hpsearch.search.optuna_engine import open_study
+    from hpsearch.search.storage import make_storage
     from hpsearch.tracking.trial import load_splits
 
     load_splits(spec.data)  # a data error stops here, before the study exists
@@ -98,7 +97,7 @@ def launch_workers(
         codes = [_wait(process) for process in processes]
     status = "KILLED" if interrupted else "FINISHED"
     finish_parent(study, parent, status, handler=handler)
-    echo(describe(_outcome(study, parent, interrupted)))
+    echo(describe(outcome(study, parent, interrupted)))
     if interrupted:
         return 130
     return 0 if all(code == 0 for code in codes) else 1
