@@ -24,6 +24,7 @@ import hpsearch
 from hpsearch.choose.repeats import best_group, group_trials
 from hpsearch.config import DataSpec, TrialConfig, make_config, make_data_spec
 from hpsearch.errors import HpsearchError
+from hpsearch.records import StudyRecord, TrialRecord
 from hpsearch.search.study_file import StudyFile
 from hpsearch.util.redact import hide_password
 
@@ -109,18 +110,18 @@ def best_trial(study: optuna.Study) -> BestTrial:
         raise HpsearchError(f"study {study.study_name!r} has no completed trial with a value")
     best = group.best_trial(maximize)
     mean, sd, n = group.summary()
-    attrs = study.user_attrs
+    about, record = StudyRecord.of(study), TrialRecord.of(best)
     return BestTrial(
         study=study.study_name,
         number=best.number,
         value=float(mean),
         n=n,
         sd=sd,
-        config=make_config(best.user_attrs["config"], f"trial {best.number}"),
-        run_id=best.user_attrs.get("mlflow_run_id"),
-        best_epoch=best.user_attrs.get("best_epoch"),
-        data=make_data_spec(attrs.get("data", {}), f"study {study.study_name}"),
-        searched=list(attrs.get("searched", best.params)),
+        config=make_config(record.config or {}, f"trial {best.number}"),
+        run_id=record.mlflow_run_id,
+        best_epoch=record.best_epoch,
+        data=make_data_spec(about.data or {}, f"study {study.study_name}"),
+        searched=list(about.searched if about.searched is not None else best.params),
         maximize=maximize,
     )
 

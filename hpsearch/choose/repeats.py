@@ -15,6 +15,8 @@ from typing import Any, cast
 
 from optuna.trial import FrozenTrial, TrialState
 
+from hpsearch.records import TrialRecord
+
 
 def config_key(config: dict[str, Any]) -> str:
     """The configuration's identity: its values without the seed, as canonical JSON."""
@@ -60,7 +62,7 @@ def group_trials(trials: Iterable[FrozenTrial]) -> list[ConfigGroup]:
     """Trials grouped by configuration, groups in order of their first trial."""
     groups: dict[str, ConfigGroup] = {}
     for trial in sorted(trials, key=lambda t: t.number):
-        config = trial.user_attrs.get("config")
+        config = TrialRecord.of(trial).config
         if config is None:  # never got as far as a config: a group of its own
             config = {"trial": trial.number}
         key = config_key(config)

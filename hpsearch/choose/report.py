@@ -28,6 +28,7 @@ from hpsearch.figures.plots import (  # noqa: E402
     state_handles,
     wrap,
 )
+from hpsearch.records import StudyRecord, TrialRecord  # noqa: E402
 from hpsearch.tracking import metric_history, run_metrics  # noqa: E402
 
 
@@ -59,7 +60,7 @@ def param_text(key: str, value: object) -> str:
 
 def setting_of(trial: FrozenTrial, searched: list[str] | None) -> str:
     """``key=value, ...`` of the keys the study varied, read from the trial's config."""
-    config = trial.user_attrs.get("config")
+    config = TrialRecord.of(trial).config
     if config is None or searched is None:
         return ", ".join(f"{k}={param_text(k, v)}" for k, v in trial.params.items())
     try:
@@ -78,7 +79,7 @@ def _short(text: str) -> str:
 
 def epochs_scaler(study: optuna.Study) -> Callable[[int], int] | None:
     """How a scaled reproduction (``reproduce --epochs-scale``) changed the study's epochs."""
-    scale = study.user_attrs.get("epochs_scale")
+    scale = StudyRecord.of(study).epochs_scale
     if not scale or scale == 1:
         return None
     return lambda epochs: scaled_epochs(epochs, scale)
@@ -89,32 +90,34 @@ def scaled_epochs(epochs: int, scale: float) -> int:
 
 
 def rows_of(study: optuna.Study) -> list[Row]:
-    searched = study.user_attrs.get("searched")
+    searched = StudyRecord.of(study).searched
     scaler = epochs_scaler(study)
     rows = []
     for trial in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
-        run_id = trial.user_attrs.get("mlflow_run_id")
-        attrs = trial.user_attrs
-        known = "test_accuracy" in attrs or not attrs.get("config")
+        record = TrialRecord.of(trial)
+        run_id = record.mlflow_run_id
+        known = record.test_accuracy is not None or not record.config
         metrics = {} if known or not run_id else run_metrics(run_id)
         value = (
             trial.value if trial.state == TrialState.COMPLETE else metrics.get("best_val_accuracy")
         )
         if value is None and trial.intermediate_values:
             value = max(trial.intermediate_values.values())
-        epochs = attrs.get("epochs_run")
+        epochs = record.epochs_run
         if epochs is None and trial.last_step is not None:
             epochs = trial.last_step  # steps are epochs trained
-        wall = attrs.get("wall_time_s")
+        wall = record.wall_time_s
         if wall is None and trial.datetime_complete and trial.datetime_start:
             wall = (trial.datetime_complete - trial.datetime_start).total_seconds()
-        config = attrs.get("config") or {}
+        config = record.config or {}
         reference = reference_accuracy(study.study_name, config, scaler) if config else None
-        test = attrs.get("test_accuracy", metrics.get("test_accuracy"))
+        test = record.test_accuracy
+        if test is None:
+            test = metrics.get("test_accuracy")
         rows.append(Row(trial.number, setting_of(trial, searched), trial.state.name.lower(),
-                        value, test, epochs, wall, reference, run_id, attrs.get("repeat", 0),
+                        value, test, epochs, wall, reference, run_id, record.repeat or 0,
                         config_key(config) if config else f"trial {trial.number}",
-                        attrs.get("best_epoch")))  # fmt: skip
+                        record.best_epoch))  # fmt: skip
     return rows
 
 

@@ -22,6 +22,7 @@ import yaml
 from hpsearch.choose.reference import REFERENCE_NUMBERS, STUDY_ORDER, ReferenceNumber
 from hpsearch.choose.repeats import mean_sd
 from hpsearch.errors import ConfigError, HpsearchError
+from hpsearch.records import StudyRecord, TrialRecord
 from hpsearch.search.study_file import StudyFile, load_study, parse_study
 
 QUICK_LIMIT = 200  # images per split in --quick
@@ -170,13 +171,13 @@ def number_rows(trials: dict[str, list], scale: Scale) -> list[NumberRow]:
     for number in REFERENCE_NUMBERS:
         row = NumberRow(number, [], [], [])
         for trial in trials.get(number.study, []):
-            config = trial.user_attrs.get("config", {})
-            test = trial.user_attrs.get("test_accuracy")
+            record = TrialRecord.of(trial)
+            config, test = record.config or {}, record.test_accuracy
             if test is None or not number.matches(config, scale.epochs):
                 continue
             row.values.append(float(test))
             row.trials.append(trial.number)
-            row.epochs.append(int(trial.user_attrs.get("epochs_run", 0)))
+            row.epochs.append(int(record.epochs_run or 0))
         rows.append(row)
     return rows
 
@@ -348,7 +349,7 @@ def _mark_scale(name: str, storage: str, scale: Scale) -> None:
     import optuna
 
     study = optuna.load_study(study_name=name, storage=storage)
-    study.set_user_attr("epochs_scale", scale.epochs_scale)
+    StudyRecord(epochs_scale=scale.epochs_scale).write(study)
 
 
 def write(planned: list[tuple[Path, StudyFile]], scale: Scale, storage: str, output: Path,

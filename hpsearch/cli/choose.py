@@ -280,11 +280,12 @@ def report(
     loaded = [load_study(name, url) for name in names]  # before MLflow is loaded
     use_tracking(tracking_uri)
     from hpsearch.choose.report import write_report
+    from hpsearch.records import StudyRecord
     from hpsearch.tracking import log_folder
 
     for study in loaded:
         path, rows = write_report(study, Path(output) / study.study_name)
-        parent = study.user_attrs.get("mlflow_parent_run_id")
+        parent = StudyRecord.of(study).mlflow_parent_run_id
         if parent:
             log_folder(parent, path.parent, "report")
         if not quiet:

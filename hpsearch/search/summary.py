@@ -12,6 +12,8 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
+from hpsearch.records import StudyRecord, TrialRecord
+
 log = logging.getLogger(__name__)
 
 
@@ -26,7 +28,7 @@ def write_summary(study: optuna.Study, folder: Path) -> list[Path]:
     if not completed(study):
         return written
     best = study.best_trial
-    config = best.user_attrs.get("config")
+    config = TrialRecord.of(best).config
     if config:
         path = folder / "best_config.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -64,7 +66,7 @@ def _plots(study: optuna.Study, folder: Path) -> list[Path]:
 
 
 def objective_name(study: optuna.Study) -> str:
-    return study.user_attrs.get("objective") or "objective value"
+    return StudyRecord.of(study).objective or "objective value"
 
 
 def _finish_history(study: optuna.Study, ax) -> None:

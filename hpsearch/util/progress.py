@@ -28,6 +28,8 @@ import optuna
 from optuna.trial import TrialState
 from tqdm import tqdm
 
+from hpsearch.records import TrialRecord
+
 PROGRESS_ENV = "HPSEARCH_PROGRESS"
 PLAIN_EVERY_S = 5.0  # off a terminal, a line about long work this often
 REFRESH_S = 1.0  # a study's bar redraws this often, so its clock moves during a trial
@@ -79,7 +81,7 @@ class StudyProgress:
         if trial.state == TrialState.COMPLETE:
             outcome += f" value {trial.value:.4f}"
         elif trial.state == TrialState.FAIL:
-            outcome += f" ({trial.user_attrs.get('fail_reason', 'unknown')})"
+            outcome += f" ({TrialRecord.of(trial).fail_reason or 'unknown'})"
         elif trial.state == TrialState.PRUNED:
             step = trial.last_step  # steps are epochs trained; none: pruned before the first
             outcome += f" after epoch {step}" if step is not None else " before its first epoch"
