@@ -208,7 +208,7 @@ def test_the_summary_leaves_matplotlibs_settings_as_it_found_them(tmp_path):
 
 
 def test_the_progress_line_counts_outcomes_and_names_the_best_trial_as_optuna_does():
-    from hpsearch.util.progress import StudyProgress
+    from hpsearch.search.study_progress import StudyProgress
 
     for direction, values in (("maximize", [0.3, 0.9, None, 0.9, 0.1]),
                               ("minimize", [0.3, 0.9, None, 0.1, 0.1])):  # fmt: skip

@@ -22,7 +22,8 @@ import optuna
 import pytest
 from conftest import command, environment
 
-from hpsearch.util.progress import PROGRESS_ENV, StudyProgress
+from hpsearch.search.study_progress import StudyProgress
+from hpsearch.util.progress import PROGRESS_ENV
 
 # elapsed<left, as tqdm writes them: [00:03<00:01
 ETA = re.compile(r"\[\d\d:\d\d<\d\d:\d\d")

@@ -44,10 +44,10 @@ from hpsearch.search.lifecycle import Engine, Search, trial_seed
 from hpsearch.search.options import WorkerOptions
 from hpsearch.search.storage import make_storage
 from hpsearch.search.study_file import EPOCH_METRIC
+from hpsearch.search.study_progress import StudyProgress
 from hpsearch.tracking import TrialRun, close_lost_run, close_unclosed_runs
 from hpsearch.tracking.trial import tracked_trial
 from hpsearch.training.session import release_trial_state
-from hpsearch.util.progress import StudyProgress
 from hpsearch.util.redact import hide_password
 
 ENGINE = "keras_tuner"

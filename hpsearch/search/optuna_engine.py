@@ -39,12 +39,12 @@ from hpsearch.search.samplers import make_pruner, make_sampler
 from hpsearch.search.space import REPEAT, suggest
 from hpsearch.search.storage import make_storage
 from hpsearch.search.study_file import EPOCH_METRIC, StudyFile
+from hpsearch.search.study_progress import StudyProgress
 from hpsearch.tracking import TrialRun, ValidationData, close_unclosed_runs
 from hpsearch.tracking.trial import tracked_trial
 from hpsearch.tracking.uploads import Uploader
 from hpsearch.training.session import release_trial_state
 from hpsearch.util import failpoints
-from hpsearch.util.progress import StudyProgress
 
 # Heartbeats and stale-trial retries are marked experimental in Optuna; they are what we use.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
