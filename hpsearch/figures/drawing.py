@@ -1,17 +1,15 @@
 """A drawing process: a study's per-trial figures drawn outside the training process.
 
-Not concurrent.futures: its workers import the training script, TensorFlow too (9-27 s, not 2-7).
+Not concurrent.futures: its workers import the training script, TensorFlow too.
 
 Drawn in the training process (on the upload thread, while the next trial
-trains), a trial's two figures cost that process about 0.2 s of Python work
-holding the interpreter lock that the training loop also needs, and leave
-some 15,000 objects of matplotlib garbage for the collection between trials
-to free. One child process (``python -m hpsearch.figures.drawing``), started on first
-use and reused for every trial, draws them instead. In a 20-trial study of
-small CNNs on a 2-core machine (``benchmarks/study_overhead.py``) the time
-outside ``fit`` fell by 0.26 s on average (collections of 11-21k objects
-instead of 26-35k, and a shorter summary at the end); the child's drawing
-still takes CPU time from training on two cores.
+trains), a trial's two figures would hold the interpreter lock that the
+training loop also needs, and leave thousands of objects of matplotlib garbage
+for the collection between trials to free. One child process
+(``python -m hpsearch.figures.drawing``), started on first use and reused for
+every trial, draws them instead; what it saves is measured by
+``benchmarks/study_overhead.py --figures`` (benchmarks/RESULTS.md). The child's
+drawing still takes CPU time from training on a machine with few cores.
 
 The child imports only matplotlib, scikit-learn and :mod:`hpsearch.figures.plots`,
 never the training script (which ``multiprocessing``'s spawn would run
@@ -164,7 +162,7 @@ def _serve() -> None:
             function, args, kwargs = pickle.load(requests)
         except EOFError:  # the driver closed its end: exit at once, nothing left to write
             sys.stderr.flush()
-            os._exit(0)  # skips tearing down matplotlib and scikit-learn (0.4 s)
+            os._exit(0)  # skips tearing down matplotlib and scikit-learn: nothing to save
         try:
             answer = ("ok", function(*args, **kwargs))
         except Exception as error:  # noqa: BLE001 - raised again in the driver

@@ -56,7 +56,7 @@ def _write_ahead_log(engine) -> None:
 
     A trial makes a dozen small commits (ask, suggestions, user attributes, one
     report per epoch, tell); in SQLite's default rollback-journal mode each waits
-    for the disk (47 ms of Optuna per trial; 27 ms in WAL mode). The database stays
+    for the disk (the gain is in benchmarks/RESULTS.md, study_overhead). The database stays
     consistent if the process dies; a power cut can lose the last commits. Readers
     no longer block the writer, which helps several workers on one file. The mode
     is kept in the file: it leaves ``optuna.db-wal`` and ``optuna.db-shm`` beside

@@ -45,8 +45,8 @@ def _plots(study: optuna.Study, folder: Path) -> list[Path]:
 
     written = []
     # Fixed margins rather than tight_layout, which draws each figure once more to measure
-    # it (about 90 ms a plot): room on the right for the history's legend (Optuna puts it
-    # outside the axes), on the left for the longest parameter name (about 7 pixels a letter).
+    # it: room on the right for the history's legend (Optuna puts it outside the axes), on
+    # the left for the longest parameter name (about 7 pixels a letter).
     done = completed(study)
     names = max((len(name) for trial in done for name in trial.params), default=0)
     plots: list[tuple[str, Callable[..., Any], Callable[..., Any], tuple[float, float]]] = [

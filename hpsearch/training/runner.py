@@ -126,8 +126,8 @@ def predict(model: keras.Model, images: np.ndarray, batch_size: int = 512) -> np
     """Class probabilities for ``images``, inference mode.
 
     A small set (a validation split of a few thousand images) is run through the
-    model eagerly: tracing ``Model.predict``'s function for a new model costs
-    0.1-0.3 s, more than predicting a few thousand small images takes.
+    model eagerly: tracing ``Model.predict``'s function for a new model costs more
+    than predicting a few thousand small images takes.
     """
     if len(images) > EAGER_PREDICT_LIMIT:
         return model.predict(images, batch_size=batch_size, verbose=0)
