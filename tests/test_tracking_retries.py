@@ -36,9 +36,8 @@ def store_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture
 def store(store_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """The store made current, empty retry lists, a spool in tmp; (client, a new run's id)."""
-    for name in ("_UNCLOSED", "_UNSENT", "_UNLOGGED"):
-        monkeypatch.setattr(retries, name, {})  # this test's alone
-    monkeypatch.setattr(spooling, "_SPOOLED", {})
+    monkeypatch.setattr(retries, "PENDING", retries.PendingCalls())  # this test's alone
+    monkeypatch.setattr(spooling, "SPOOLED", spooling.SpooledRuns())
     monkeypatch.setenv(spooling.SPOOL_ENV, str(tmp_path / "spool"))
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(store_uri)
@@ -72,14 +71,14 @@ def test_a_failed_close_is_remembered_retried_while_away_and_forgotten_once_clos
     client, run_id = store
     tags = {OUTCOME_TAG: "failed", REASON_TAG: "worker_lost"}
     _close(MlflowClient(tracking_uri=away), run_id, "FAILED", tags, end_time=1234)
-    assert retries._UNCLOSED == {run_id: ("FAILED", tags, 1234)}  # no error raised: kept
+    assert retries.PENDING.unclosed() == {run_id: ("FAILED", tags, 1234)}  # no error raised: kept
     assert client.get_run(run_id).info.status == "RUNNING"
 
     assert still_away(away) == 1
-    assert retries._UNCLOSED == {run_id: ("FAILED", tags, 1234)}
+    assert retries.PENDING.unclosed() == {run_id: ("FAILED", tags, 1234)}
 
     assert close_unclosed_runs() == 0
-    assert retries._UNCLOSED == {}
+    assert retries.PENDING.unclosed() == {}
     run = client.get_run(run_id)
     assert (run.info.status, run.info.end_time) == ("FAILED", 1234)
     assert run.data.tags[OUTCOME_TAG] == "failed" and run.data.tags[REASON_TAG] == "worker_lost"
@@ -88,7 +87,7 @@ def test_a_failed_close_is_remembered_retried_while_away_and_forgotten_once_clos
 def test_a_close_that_succeeds_leaves_nothing_to_retry(store):
     client, run_id = store
     _close(client, run_id, "FINISHED", {OUTCOME_TAG: "completed"})
-    assert retries._UNCLOSED == {}
+    assert retries.PENDING.unclosed() == {}
     assert client.get_run(run_id).info.status == "FINISHED"
 
 
@@ -98,17 +97,17 @@ def test_failed_log_batches_are_kept_in_order_and_sent_once_on_the_retry(store, 
     batches = [{"metrics": [Metric("val_accuracy", 0.1 * (step + 1), 1000 + step, step)]}
                for step in range(3)]  # fmt: skip
     _log_batch(client, run_id, batches[0])  # sent: nothing kept
-    assert retries._UNLOGGED == {}
+    assert retries.PENDING.unlogged() == {}
     for batch in batches[1:]:
         with pytest.raises(MlflowException):  # the caller still hears of the failure
             _log_batch(unreachable, run_id, batch)
-    assert retries._UNLOGGED == {run_id: batches[1:]}
+    assert retries.PENDING.unlogged() == {run_id: batches[1:]}
 
     assert still_away(away) == 0  # no run left open, but the batches are still kept
-    assert retries._UNLOGGED == {run_id: batches[1:]}
+    assert retries.PENDING.unlogged() == {run_id: batches[1:]}
 
     close_unclosed_runs()
-    assert retries._UNLOGGED == {}
+    assert retries.PENDING.unlogged() == {}
     history = client.get_metric_history(run_id, "val_accuracy")
     assert [(m.step, m.value) for m in history] == [(0, 0.1), (1, 0.2), (2, 0.1 * 3)]
     close_unclosed_runs()  # forgotten: nothing is sent twice
@@ -144,13 +143,13 @@ def test_a_failed_upload_stays_in_the_spool_is_sent_on_the_retry_then_the_entry_
 
     with pytest.raises(MlflowException):
         _send_artifacts(MlflowClient(tracking_uri=away), run_id, folder, _Files(), None)
-    assert retries._UNSENT == {run_id: folder}
+    assert retries.PENDING.unsent() == {run_id: folder}
     assert sorted(p.name for p in folder.iterdir()) == ["config.yaml", "model_summary.txt"]
     assert manifest(run_id, spool)["todo"] == ["upload", "close"]  # nothing done yet
-    assert still_away(away) == 0 and retries._UNSENT == {run_id: folder}
+    assert still_away(away) == 0 and retries.PENDING.unsent() == {run_id: folder}
 
     close_unclosed_runs()
-    assert retries._UNSENT == {}
+    assert retries.PENDING.unsent() == {}
     assert sorted(a.path for a in client.list_artifacts(run_id)) == [
         "config.yaml", "model_summary.txt"
     ]  # fmt: skip
@@ -158,7 +157,7 @@ def test_a_failed_upload_stays_in_the_spool_is_sent_on_the_retry_then_the_entry_
     assert not folder.exists()
 
     _close(client, run_id, "FINISHED", {OUTCOME_TAG: "completed"})
-    assert not (spool / run_id).exists() and spooling._SPOOLED == {}  # both steps done
+    assert not (spool / run_id).exists() and spooling.SPOOLED.run_ids() == []  # both steps done
     assert client.get_run(run_id).info.status == "FINISHED"
 
 
@@ -172,7 +171,8 @@ def test_an_upload_and_a_close_both_failing_are_both_done_by_one_retry(store, aw
     assert still_away(away) == 1
 
     assert close_unclosed_runs() == 0
-    assert (retries._UNSENT, retries._UNCLOSED, spooling._SPOOLED) == ({}, {}, {})
+    assert retries.PENDING.unsent() == {} and retries.PENDING.unclosed() == {}
+    assert spooling.SPOOLED.run_ids() == []
     assert not (tmp_path / "spool" / run_id).exists()
     run = client.get_run(run_id)
     assert (run.info.status, run.data.tags[OUTCOME_TAG]) == ("FINISHED", "completed")

@@ -12,6 +12,7 @@ ended elsewhere (a lost worker, an interrupted or orphaned trial).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,9 +30,121 @@ if TYPE_CHECKING:
     from hpsearch.figures.drawing import DrawingProcess
     from hpsearch.tracking.artifacts import ValidationData, _TrialArtifacts
 
-_UNCLOSED: dict[str, tuple[str, dict[str, str], int | None]] = {}  # id -> (status, tags, end)
-_UNSENT: dict[str, Path] = {}  # run id -> folder of artifacts whose upload failed
-_UNLOGGED: dict[str, list[dict]] = {}  # run id -> log_batch arguments whose call failed
+Closing = tuple[str, dict[str, str], int | None]  # a run's terminal status, tags, end time
+
+
+class PendingCalls:
+    """The MLflow calls that failed, kept to be made again: run closings, artifact uploads,
+    metric batches.
+
+    The uploader's thread records failures while the main loop makes the calls
+    again, so a lock guards the three dicts: every read and write holds it,
+    readers get copies, and no MLflow call is made while it is held.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._unclosed: dict[str, Closing] = {}  # run id -> how to close it
+        self._unsent: dict[str, Path] = {}  # run id -> folder of artifacts whose upload failed
+        self._unlogged: dict[str, list[dict]] = {}  # run id -> failed log_batch arguments, in order
+
+    def record_close(
+        self, run_id: str, status: str, tags: Mapping[str, str], end_time: int | None
+    ) -> None:
+        with self._lock:
+            self._unclosed[run_id] = (status, dict(tags), end_time)
+
+    def record_upload(self, run_id: str, folder: Path) -> None:
+        with self._lock:
+            self._unsent[run_id] = folder
+
+    def record_batch(self, run_id: str, batch: dict) -> None:
+        with self._lock:
+            self._unlogged.setdefault(run_id, []).append(batch)
+
+    def forget_close(self, run_id: str) -> None:
+        with self._lock:
+            self._unclosed.pop(run_id, None)
+
+    def forget_upload(self, run_id: str) -> None:
+        with self._lock:
+            self._unsent.pop(run_id, None)
+
+    def forget_batch(self, run_id: str, batch: dict) -> None:
+        """Forget ``batch`` itself (not an equal one) once it was sent."""
+        with self._lock:
+            batches = self._unlogged.get(run_id, [])
+            for index, kept in enumerate(batches):
+                if kept is batch:
+                    del batches[index]
+                    break
+            if not batches:
+                self._unlogged.pop(run_id, None)
+
+    def unclosed(self) -> dict[str, Closing]:
+        """The runs to close again (a copy)."""
+        with self._lock:
+            return dict(self._unclosed)
+
+    def unsent(self) -> dict[str, Path]:
+        """The artifact folders to upload again (a copy)."""
+        with self._lock:
+            return dict(self._unsent)
+
+    def unlogged(self) -> dict[str, list[dict]]:
+        """The metric batches to log again, each run's in order (a copy)."""
+        with self._lock:
+            return {run_id: list(batches) for run_id, batches in self._unlogged.items()}
+
+    def empty(self) -> bool:
+        with self._lock:
+            return not (self._unclosed or self._unsent or self._unlogged)
+
+    def close(
+        self,
+        client: MlflowClient,
+        run_id: str,
+        status: str,
+        tags: Mapping[str, str],
+        end_time: int | None = None,
+    ) -> None:
+        """Tag and terminate a run; kept to be closed again if that fails."""
+        from mlflow.entities import RunTag
+
+        try:
+            if tags:
+                client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+            client.set_terminated(run_id, status, end_time=end_time)
+        except Exception:  # noqa: BLE001 - the server is away: close it when it is back
+            self.record_close(run_id, status, tags, end_time)
+            return
+        self.forget_close(run_id)
+        _spool_step_done(run_id, "close")
+
+    def resend(self, client: MlflowClient) -> None:
+        """Make the kept calls again, from a copy; forget each one that succeeds.
+
+        A run's batches go in order and stop at the first that fails again.
+        """
+        for run_id, batches in self.unlogged().items():
+            for batch in batches:
+                try:
+                    client.log_batch(run_id, **batch)
+                except Exception:  # noqa: BLE001 - still away: try again next time
+                    break
+                self.forget_batch(run_id, batch)
+        for run_id, folder in self.unsent().items():
+            try:
+                client.log_artifacts(run_id, str(folder))
+            except Exception:  # noqa: BLE001 - still away: try again next time
+                continue
+            self.forget_upload(run_id)
+            _spool_step_done(run_id, "upload")
+        for run_id, (status, tags, end_time) in self.unclosed().items():
+            self.close(client, run_id, status, tags, end_time)
+
+
+PENDING = PendingCalls()  # this process's: filled by the uploader's thread, resent by the main loop
 
 
 def _log_batch(client: MlflowClient, run_id: str, batch: dict) -> None:
@@ -39,7 +152,7 @@ def _log_batch(client: MlflowClient, run_id: str, batch: dict) -> None:
     try:
         client.log_batch(run_id, **batch)
     except Exception:
-        _UNLOGGED.setdefault(run_id, []).append(batch)  # sent again by close_unclosed_runs
+        PENDING.record_batch(run_id, batch)  # sent again by close_unclosed_runs
         raise
 
 
@@ -60,7 +173,7 @@ def _send_artifacts(
         failpoints.reached("uploading")
         client.log_artifacts(run_id, str(folder))
     except Exception:
-        _UNSENT[run_id] = folder  # sent again by close_unclosed_runs
+        PENDING.record_upload(run_id, folder)  # sent again by close_unclosed_runs
         raise
     _spool_step_done(run_id, "upload")
 
@@ -72,49 +185,24 @@ def _close(
     tags: Mapping[str, str],
     end_time: int | None = None,
 ) -> None:
-    from mlflow.entities import RunTag
-
-    try:
-        if tags:
-            client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
-        client.set_terminated(run_id, status, end_time=end_time)
-        _UNCLOSED.pop(run_id, None)
-    except Exception:  # noqa: BLE001 - the server is away: close it when it is back
-        _UNCLOSED[run_id] = (status, dict(tags), end_time)
-        return
-    _spool_step_done(run_id, "close")
+    """Tag and terminate a run; closed by :func:`close_unclosed_runs` if that fails."""
+    PENDING.close(client, run_id, status, tags, end_time)
 
 
 def close_unclosed_runs(validation: ValidationData | None = None) -> int:
     """Close the runs whose closing failed earlier; returns how many are still open.
 
-    Also finishes what dead workers left in the upload spool
+    Also sends again the metric batches and artifacts whose sending failed, and
+    finishes what dead workers left in the upload spool
     (:func:`finish_spooled_uploads`; ``validation`` as there).
     """
     from mlflow import MlflowClient
 
     _refresh_spooled(force=True)
     finish_spooled_uploads(validation)
-    if _UNSENT or _UNCLOSED or _UNLOGGED:
-        client = MlflowClient()
-        for run_id, batches in list(_UNLOGGED.items()):
-            try:
-                while batches:
-                    client.log_batch(run_id, **batches[0])
-                    batches.pop(0)
-            except Exception:  # noqa: BLE001 - still away: try again next time
-                continue
-            _UNLOGGED.pop(run_id, None)
-        for run_id, folder in list(_UNSENT.items()):
-            try:
-                client.log_artifacts(run_id, str(folder))
-            except Exception:  # noqa: BLE001 - still away: try again next time
-                continue
-            _UNSENT.pop(run_id, None)
-            _spool_step_done(run_id, "upload")
-        for run_id, (status, tags, end_time) in list(_UNCLOSED.items()):
-            _close(client, run_id, status, tags, end_time)
-    return len(_UNCLOSED)
+    if not PENDING.empty():
+        PENDING.resend(MlflowClient())
+    return len(PENDING.unclosed())
 
 
 def close_lost_run(run_id: str) -> None:

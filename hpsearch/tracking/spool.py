@@ -69,10 +69,64 @@ class _SpoolEntry:
     manifest: dict
 
 
-_SPOOLED: dict[str, _SpoolEntry] = {}  # run id -> this process's spool entries
-_SPOOL_MUTEX = threading.Lock()  # the uploader thread and the main thread both finish steps
-_REFRESHED = [0.0]  # when this process last touched its manifests (time.monotonic)
-REFRESH_S = 60.0
+REFRESH_S = 60.0  # how often this process touches its manifests while it trains
+
+
+class SpooledRuns:
+    """This process's spool entries (run id -> entry), until their run is uploaded and closed.
+
+    The uploader's thread and the main loop both finish steps, so a lock guards
+    the entries, their manifests' writes and when they were last touched;
+    readers get copies.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[str, _SpoolEntry] = {}
+        self._refreshed = 0.0  # when this process last touched its manifests (time.monotonic)
+
+    def add(self, run_id: str, entry: _SpoolEntry) -> None:
+        with self._lock:
+            self._entries[run_id] = entry
+
+    def owns(self, run_id: str) -> bool:
+        with self._lock:
+            return run_id in self._entries
+
+    def run_ids(self) -> list[str]:
+        with self._lock:
+            return list(self._entries)
+
+    def step_done(self, run_id: str, step: str) -> _SpoolEntry | None:
+        """Record ``step`` of the run's entry as done (in its manifest; the kept artifacts go
+        with the upload); the entry, no longer this process's, once both steps are done."""
+        with self._lock:
+            entry = self._entries.get(run_id)
+            if entry is None:
+                return None
+            todo = [s for s in entry.manifest["todo"] if s != step]
+            entry.manifest["todo"] = todo
+            if todo:
+                _write_manifest(entry.folder, entry.manifest)
+                if step == "upload":
+                    shutil.rmtree(entry.folder / "artifacts", ignore_errors=True)
+                return None
+            del self._entries[run_id]
+            return entry
+
+    def due_for_refresh(self, force: bool = False) -> list[Path]:
+        """The entries' folders, when their manifests are due to be touched again (else none)."""
+        with self._lock:
+            if not self._entries:
+                return []
+            now = time.monotonic()
+            if not force and now - self._refreshed < REFRESH_S:
+                return []
+            self._refreshed = now
+            return [entry.folder for entry in self._entries.values()]
+
+
+SPOOLED = SpooledRuns()  # this process's
 
 
 def spool_dir(uri: str | None = None) -> Path:
@@ -170,27 +224,16 @@ def _spool(
             f"cannot keep the trial's artifacts in the upload spool {root}: {error} "
             f"(set {SPOOL_ENV} to a writable folder on a local disk)"
         ) from None
-    with _SPOOL_MUTEX:
-        _SPOOLED[run_id] = _SpoolEntry(folder, lock, manifest)
+    SPOOLED.add(run_id, _SpoolEntry(folder, lock, manifest))
     return folder / "artifacts"
 
 
 def _spool_step_done(run_id: str, step: str) -> None:
     """``step`` (upload, close) of this process's spool entry is done; the entry goes with both."""
     try:
-        with _SPOOL_MUTEX:
-            entry = _SPOOLED.get(run_id)
-            if entry is None:
-                return
-            todo = [s for s in entry.manifest["todo"] if s != step]
-            entry.manifest["todo"] = todo
-            if todo:
-                _write_manifest(entry.folder, entry.manifest)
-                if step == "upload":
-                    shutil.rmtree(entry.folder / "artifacts", ignore_errors=True)
-                return
-            del _SPOOLED[run_id]
-        _remove_entry(entry.folder, entry.lock)
+        entry = SPOOLED.step_done(run_id, step)
+        if entry is not None:
+            _remove_entry(entry.folder, entry.lock)
     except OSError as error:
         log.warning("upload spool: could not record %s of run %s: %s", step, run_id, error)
 
@@ -208,14 +251,7 @@ def _remove_entry(folder: Path, lock: int | None) -> None:
 
 def _refresh_spooled(force: bool = False) -> None:
     """Touch this process's manifests now and then, so other hosts see their owner lives."""
-    if not _SPOOLED:
-        return
-    now = time.monotonic()
-    if not force and now - _REFRESHED[0] < REFRESH_S:
-        return
-    _REFRESHED[0] = now
-    with _SPOOL_MUTEX:
-        folders = [entry.folder for entry in _SPOOLED.values()]
+    folders = SPOOLED.due_for_refresh(force)
     for folder in folders:
         try:
             os.utime(folder / "run.json")
@@ -249,7 +285,7 @@ def finish_spooled_uploads(validation: ValidationData | None = None) -> int:
     uri, host = hide_password(mlflow.get_tracking_uri()), socket.gethostname()
     finished, client = 0, None
     for folder in folders:
-        if folder.name in _SPOOLED or not folder.is_dir():
+        if SPOOLED.owns(folder.name) or not folder.is_dir():
             continue
         try:
             lock = _lock(folder, wait=False)
