@@ -17,6 +17,7 @@ from conftest import command, environment, parents_and_children
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
+from hpsearch.records import TrialRecord
 from hpsearch.search.lifecycle import run_search
 from hpsearch.search.lost_trials import _worker_gone, process_start
 from hpsearch.search.options import WorkerOptions
@@ -26,6 +27,10 @@ from hpsearch.search.study_file import parse_study
 HOST = socket.gethostname()
 
 
+def gone(attrs: dict) -> bool:
+    return _worker_gone(TrialRecord.from_attrs(attrs))
+
+
 def test_a_local_worker_is_lost_when_its_process_is_gone_or_its_pid_was_reused():
     alive = subprocess.Popen(["sleep", "60"])
     dead = subprocess.Popen(["true"])
@@ -33,18 +38,18 @@ def test_a_local_worker_is_lost_when_its_process_is_gone_or_its_pid_was_reused()
     try:
         start = process_start(alive.pid)
         assert start is not None
-        assert not _worker_gone({"worker": f"{HOST}:{alive.pid}", "worker_start": start})
-        assert _worker_gone({"worker": f"{HOST}:{dead.pid}", "worker_start": start})
+        assert not gone({"worker": f"{HOST}:{alive.pid}", "worker_start": start})
+        assert gone({"worker": f"{HOST}:{dead.pid}", "worker_start": start})
         reused = start.rsplit("/", 1)[0] + "/1"  # the pid now names another process
-        assert _worker_gone({"worker": f"{HOST}:{alive.pid}", "worker_start": reused})
-        assert not _worker_gone({"worker": f"{HOST}:{alive.pid}"})  # no start: os.kill decides
-        assert _worker_gone({"worker": f"{HOST}:{dead.pid}"})
+        assert gone({"worker": f"{HOST}:{alive.pid}", "worker_start": reused})
+        assert not gone({"worker": f"{HOST}:{alive.pid}"})  # no start: os.kill decides
+        assert gone({"worker": f"{HOST}:{dead.pid}"})
         # another machine, or another PID namespace (a container of the same host name):
         # left to the heartbeat
-        assert not _worker_gone({"worker": f"elsewhere:{dead.pid}", "worker_start": start})
+        assert not gone({"worker": f"elsewhere:{dead.pid}", "worker_start": start})
         other = "boot/pid:[1]/" + start.rsplit("/", 1)[1]
-        assert not _worker_gone({"worker": f"{HOST}:{dead.pid}", "worker_start": other})
-        assert not _worker_gone({})
+        assert not gone({"worker": f"{HOST}:{dead.pid}", "worker_start": other})
+        assert not gone({})
     finally:
         alive.kill()
         alive.wait()
