@@ -73,11 +73,9 @@ def _run(study_file, n_trials, timeout, storage, tracking_uri, data_dir, limit, 
         )
     url = storage_for(storage, tracking_uri)
     load_keras_quietly()
-    from hpsearch.search.engines import check_engine
     from hpsearch.search.lifecycle import describe, run_search
     from hpsearch.search.options import WorkerOptions
 
-    check_engine(spec, url)
     options = None  # the engine's defaults (keras_tuner: one process, no heartbeats)
     if spec.engine not in ONE_PROCESS:
         options = WorkerOptions(heartbeat, grace, max_retry, max_trials)

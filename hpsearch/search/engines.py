@@ -16,7 +16,6 @@ from hpsearch.util.redact import hide_password
 
 if TYPE_CHECKING:
     from hpsearch.search.lifecycle import Engine
-    from hpsearch.search.study_file import StudyFile
 
 EngineName = Literal["optuna", "keras_tuner"]
 ENGINE_NAMES: tuple[str, ...] = get_args(EngineName)
@@ -35,8 +34,8 @@ def engine_class(name: str) -> type[Engine]:
     return getattr(importlib.import_module(module), cls)
 
 
-def check_engine(spec: StudyFile, storage: str) -> None:
-    """Refuse to run a study with the optuna engine where KerasTuner ran it (and vice versa)."""
+def check_engine(name: str, engine: str, storage: str) -> None:
+    """Refuse to run study ``name`` with ``engine`` where the other engine ran it."""
     import optuna
 
     from hpsearch.records import StudyRecord
@@ -48,17 +47,17 @@ def check_engine(spec: StudyFile, storage: str) -> None:
     store = None
     try:
         store = optuna.storages.RDBStorage(storage)
-        if spec.name not in optuna.get_all_study_names(store):
+        if name not in optuna.get_all_study_names(store):
             return
-        study = optuna.load_study(study_name=spec.name, storage=store)
-        engine = StudyRecord.of(study).engine or "optuna"
+        study = optuna.load_study(study_name=name, storage=store)
+        ran = StudyRecord.of(study).engine or "optuna"
     except Exception:  # noqa: BLE001 - a bad storage is reported by whoever opens it next
         return
     finally:
         if store is not None:
             store.engine.dispose()
-    if engine != spec.engine:
+    if ran != engine:
         raise HpsearchError(
-            f"study {spec.name!r} in {hide_password(storage)} was run by the {engine} engine, "
-            f"not {spec.engine}: pass --engine {engine}, or give the study another name"
+            f"study {name!r} in {hide_password(storage)} was run by the {ran} engine, "
+            f"not {engine}: pass --engine {ran}, or give the study another name"
         )

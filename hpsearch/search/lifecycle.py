@@ -34,7 +34,6 @@ from hpsearch.compat import study_storage
 from hpsearch.records import StudyRecord, TrialRecord
 from hpsearch.search.lost_trials import StaleTrialHandler, fail_lost_trials
 from hpsearch.search.options import WorkerOptions
-from hpsearch.search.space import grid_size
 from hpsearch.search.study_file import StudyFile
 from hpsearch.search.summary import completed, write_summary
 from hpsearch.tracking import StudyRun, link_project_run, wait_for_tracking, where_to_look
@@ -66,23 +65,6 @@ class SearchOutcome:
 def trial_seed(study_seed: int, number: int) -> int:
     """Per-trial seed: distinct per trial, the same for the same study seed and number."""
     return (study_seed * 1_000_003 + number * 7_919 + 1) % (2**31 - 1)
-
-
-def study_total(spec: StudyFile, n_trials: int | None) -> int | None:
-    """The study's total number of trials (grid: at most its size)."""
-    total = n_trials or spec.n_trials
-    if spec.sampler.type == "grid":
-        return min(total or grid_size(spec), grid_size(spec))  # repeats are a grid axis
-    return total * spec.repeats if total else total
-
-
-def trials_to_run(study: optuna.Study, spec: StudyFile, n_trials: int | None) -> int | None:
-    """What is left of the study's total (grid: its size); failed trials do not count."""
-    total = study_total(spec, n_trials)
-    if total is None:
-        return None
-    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
-    return max(0, total - done)
 
 
 class FailureStreak:
@@ -140,10 +122,6 @@ class Search:
     def __post_init__(self) -> None:
         self.handler = StaleTrialHandler(self.options.max_retry)
         self.streak = FailureStreak(self.spec.name, self.options, self.warn)
-
-    @property
-    def total(self) -> int | None:
-        return study_total(self.spec, self.n_trials)
 
     @property
     def time_limit(self) -> float | None:
@@ -221,8 +199,9 @@ def run_search(
     for the last ones running elsewhere), and the last one to finish closes the parent run.
     ``warn`` (default: ``echo``) gets what goes wrong on the way (the CLI: stderr).
     """
-    from hpsearch.search.engines import engine_class
+    from hpsearch.search.engines import check_engine, engine_class
 
+    check_engine(spec.name, spec.engine, storage)  # before anything is written
     engine_type = engine_class(spec.engine)
     search = Search(spec, storage, options or engine_type.default_options(), n_trials, timeout,
                     echo, warn or echo, verbose, extra_callbacks)  # fmt: skip

@@ -26,7 +26,7 @@ from hpsearch.config import make_config
 from hpsearch.errors import failure_reason
 from hpsearch.figures.drawing import DrawingProcess
 from hpsearch.records import TrialRecord
-from hpsearch.search.lifecycle import Engine, Search, trial_seed, trials_to_run
+from hpsearch.search.lifecycle import Engine, Search, trial_seed
 from hpsearch.search.lost_trials import (
     LOST,
     StaleTrialReaper,
@@ -36,7 +36,7 @@ from hpsearch.search.lost_trials import (
     run_again,
 )
 from hpsearch.search.samplers import make_pruner, make_sampler
-from hpsearch.search.space import REPEAT, suggest
+from hpsearch.search.space import REPEAT, grid_size, suggest
 from hpsearch.search.storage import make_storage
 from hpsearch.search.study_file import EPOCH_METRIC, StudyFile
 from hpsearch.search.study_progress import StudyProgress
@@ -70,6 +70,23 @@ def open_study(
         return optuna.load_study(study_name=spec.name, storage=storage, **settings), False
 
 
+def study_total(spec: StudyFile, n_trials: int | None) -> int | None:
+    """The study's total number of trials (grid: at most its size)."""
+    total = n_trials or spec.n_trials
+    if spec.sampler.type == "grid":
+        return min(total or grid_size(spec), grid_size(spec))  # repeats are a grid axis
+    return total * spec.repeats if total else total
+
+
+def trials_to_run(study: optuna.Study, spec: StudyFile, n_trials: int | None) -> int | None:
+    """What is left of the study's total (grid: its size); failed trials do not count."""
+    total = study_total(spec, n_trials)
+    if total is None:
+        return None
+    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    return max(0, total - done)
+
+
 class OptunaEngine(Engine):
     """Optuna's samplers and pruners; any number of processes on one storage."""
 
@@ -84,9 +101,10 @@ class OptunaEngine(Engine):
         search = self.search
         running = len(search.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
         left = trials_to_run(search.study, search.spec, search.n_trials)
+        total = study_total(search.spec, search.n_trials)
         return (
             f"[{search.spec.name}] {'starting' if created else 'resuming'}: "
-            f"{left} of {search.total or 'unlimited'} trials left"
+            f"{left} of {total or 'unlimited'} trials left"
             f"{f' ({running} running in other workers)' if running else ''}"
             f"{search.timeout_note()}; {search.data_note()}"
         )
@@ -256,7 +274,8 @@ def _run_trials(search: Search, objective: _Objective) -> None:
     When all that is left of the total is running in other workers, wait for
     them: they finish, or fail (and are retried here) once found lost.
     """
-    study, spec, options, total = search.study, search.spec, search.options, search.total
+    study, spec, options = search.study, search.spec, search.options
+    total = study_total(spec, search.n_trials)
     echo, warn, handler = search.echo, search.warn, search.handler
     deadline = search.deadline()
     progress = StudyProgress(total, echo)

@@ -54,16 +54,10 @@ def launch_workers(
     """
     import mlflow
 
-    from hpsearch.search.lifecycle import (
-        describe,
-        find_parent,
-        finish_parent,
-        outcome,
-        trials_to_run,
-    )
+    from hpsearch.search.lifecycle import describe, find_parent, finish_parent, outcome
     from hpsearch.search.lost_trials import StaleTrialHandler, fail_lost_trials
     from hpsearch.search.options import WorkerOptions
-    from hpsearch.search.optuna_engine import open_study
+    from hpsearch.search.optuna_engine import open_study, trials_to_run
     from hpsearch.search.storage import make_storage
     from hpsearch.tracking.trial import load_splits
 
