@@ -19,6 +19,7 @@ from optuna.trial import FrozenTrial
 
 from hpsearch.choices import OPTIMIZERS
 from hpsearch.choose.repeats import mean_sd
+from hpsearch.records import TrialRecord
 
 POINT = 0.01  # one percentage point, as a fraction
 
@@ -36,7 +37,7 @@ class Results:
             setting["epochs"] = self.scale_epochs(setting["epochs"])
         found = []
         for trial in self.trials.get(study, []):
-            config = trial.user_attrs.get("config", {})
+            config = TrialRecord.of(trial).config or {}
             if all(_same(config.get(k), v) for k, v in setting.items()):
                 found.append(trial)
         return found
@@ -49,11 +50,11 @@ class Results:
 
 
 def _metric(trial: FrozenTrial, metric: str) -> float | None:
+    record = TrialRecord.of(trial)
     if metric == "seconds_per_epoch":
-        fit, epochs = trial.user_attrs.get("fit_time_s"), trial.user_attrs.get("epochs_run")
+        fit, epochs = record.fit_time_s, record.epochs_run
         return fit / epochs if fit is not None and epochs else None
-    value = trial.user_attrs.get(metric)
-    return float(value) if value is not None else None
+    return record.metric(metric)
 
 
 def _same(actual: Any, expected: Any) -> bool:
@@ -103,10 +104,11 @@ def _baselines(r: Results) -> tuple[bool, str]:
     early = []
     for arch in ("baseline1", "baseline2"):
         for trial in r.matching("baselines", architecture=arch):
-            attrs = trial.user_attrs
-            cap = attrs.get("config", {}).get("epochs", 0)
-            early.append(attrs.get("best_epoch", cap) <= min(10, cap) and
-                         attrs.get("epochs_run", cap) < cap)  # fmt: skip
+            record = TrialRecord.of(trial)
+            cap = (record.config or {}).get("epochs", 0)
+            best = cap if record.best_epoch is None else record.best_epoch
+            ran = cap if record.epochs_run is None else record.epochs_run
+            early.append(best <= min(10, cap) and ran < cap)
     overfit = bool(early) and all(early)
     return two > one and overfit, (
         f"test: baseline2 {pct(two)} vs baseline1 {pct(one)}; early stopping ended "
@@ -160,7 +162,7 @@ def _dropout_epochs(r: Results) -> tuple[bool, str]:
     low = need(r.mean(TEST, "dropout", dropout=(0.2,), epochs=20, **conv), "0.2, 20 epochs")
     high = need(r.mean(TEST, "dropout", dropout=(0.5,), epochs=20, **conv), "0.5, 20 epochs")
     longer = need(r.mean(TEST, "dropout", dropout=(0.5,), epochs=50, **conv), "0.5, 50 epochs")
-    stops = [t.user_attrs.get("epochs_run", 0)
+    stops = [TrialRecord.of(t).epochs_run or 0
              for t in r.matching("dropout", dropout=(0.5,), epochs=50, **conv)]  # fmt: skip
     cap = r.scale_epochs(20)
     ran_on = sum(1 for s in stops if s > cap)
