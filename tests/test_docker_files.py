@@ -638,6 +638,7 @@ def test_the_worker_storage_option_reads_hpsearch_storage():
     assert "HPSEARCH_STORAGE" in ([envvar] if isinstance(envvar, str) else list(envvar or []))
 
 
+@pytest.mark.slow  # runs MLflow's own parser on every command line (a few seconds)
 def test_every_mlflow_server_command_line_parses(command_lines):
     from mlflow.cli import cli as mlflow_cli
 

@@ -276,6 +276,7 @@ def test_importances_titled_without_optunas_legend(mixed_study):
 # --- the final model's figures -----------------------------------------------------------------
 
 
+@pytest.mark.slow  # a real Grad-CAM pass and a figure (a few seconds)
 def test_grad_cam_has_a_colour_bar_and_marks_wrong_predictions(tmp_path):
     images = np.random.default_rng(0).integers(0, 255, (6, 8, 8, 1), dtype=np.uint8)
     heatmaps = np.random.default_rng(1).random((6, 8, 8)).astype(np.float32)
