@@ -79,3 +79,10 @@ def test_quick_reproduction_writes_every_number_and_finding(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "trial 0 complete" not in again.stdout
     print(f"reproduce --quick took {elapsed:.0f} s")
+
+
+def test_the_reference_study_files_are_found_from_any_working_directory(tmp_path, monkeypatch):
+    from hpsearch.choose.reproduce import studies_folder
+
+    monkeypatch.chdir(tmp_path)  # no ./studies here: the checkout's own
+    assert (studies_folder() / "baselines.yaml").is_file()

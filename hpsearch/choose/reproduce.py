@@ -85,7 +85,7 @@ def studies_folder() -> Path:
     here = Path("studies")
     if (here / "baselines.yaml").is_file():
         return here
-    return Path(__file__).resolve().parents[1] / "studies"
+    return Path(__file__).resolve().parents[2] / "studies"  # this file: hpsearch/choose/
 
 
 def scaled_study(path: Path, scale: Scale, data_dir: str | None) -> StudyFile:

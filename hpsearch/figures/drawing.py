@@ -35,6 +35,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import hpsearch
+
 log = logging.getLogger(__name__)
 
 Draw = Callable[..., Path]
@@ -112,7 +114,7 @@ class DrawingProcess:
 
     def _send(self, request: _Request) -> None:
         if self._child is None:
-            package_root = str(Path(__file__).resolve().parents[1])  # hpsearch as imported here
+            package_root = str(Path(hpsearch.__file__).resolve().parents[1])  # as imported here
             paths = [package_root, os.environ.get("PYTHONPATH", "")]
             self._child = subprocess.Popen(
                 [sys.executable, "-m", "hpsearch.figures.drawing"],

@@ -39,7 +39,21 @@ class StaleTrialHandler:
         self.retry(study, retry)
 
 
+#: Held while lost trials are failed and their retries queued: a trial loop that counts the
+#: study's trials under it never sees a lost trial failed but its retry not queued yet (and
+#: starts a new trial in the retry's place).
+SETTLING = threading.RLock()
+
+
 def fail_lost_trials(
+    study: optuna.Study, handler: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None
+) -> list[int]:
+    """Fail the RUNNING trials whose worker is gone (see :func:`_fail_lost_trials`)."""
+    with SETTLING:
+        return _fail_lost_trials(study, handler)
+
+
+def _fail_lost_trials(
     study: optuna.Study, handler: Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None
 ) -> list[int]:
     """Fail the RUNNING trials whose worker is gone; returns their numbers.

@@ -29,6 +29,7 @@ from hpsearch.records import TrialRecord
 from hpsearch.search.lifecycle import Engine, Search, trial_seed
 from hpsearch.search.lost_trials import (
     LOST,
+    SETTLING,
     StaleTrialReaper,
     fail_lost_trials,
     mend_interrupted_run,
@@ -283,8 +284,9 @@ def _run_trials(search: Search, objective: _Objective) -> None:
     waiting = False
     with StaleTrialReaper(study, options.heartbeat, handler), progress.bar(study):
         while True:
-            fail_lost_trials(study, handler)
-            done, running = _done_and_running(study)
+            with SETTLING:  # a lost trial failed here has its retry queued too
+                fail_lost_trials(study, handler)
+                done, running = _done_and_running(study)
             if total is not None and done >= total:
                 break
             if options.max_trials is not None and ran >= options.max_trials:
