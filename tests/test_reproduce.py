@@ -38,6 +38,7 @@ def test_bad_input_exits_2_naming_the_key_and_writes_nothing(tmp_path, args, mes
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # 107 small trials: 561 s on one 2-core machine, over 600 s on another
 @pytest.mark.skipif(not ARCHIVE.is_file(), reason="../shared/data/cifar10-jpeg.tar.gz is absent")
 def test_quick_reproduction_writes_every_number_and_finding(tmp_path):
     started = time.monotonic()
