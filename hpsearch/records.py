@@ -29,12 +29,12 @@ class _Writable(Protocol):
 class _Record:
     """to/from Optuna user attributes, for the dataclasses below."""
 
-    _keys: ClassVar[frozenset[str]]
+    KEYS: ClassVar[frozenset[str]]
 
     @classmethod
     def from_attrs(cls, attrs: dict[str, Any]):
         """The record of stored attributes; keys this version does not know are left out."""
-        return cls(**{k: v for k, v in attrs.items() if k in cls._keys})  # type: ignore[call-arg]
+        return cls(**{k: v for k, v in attrs.items() if k in cls.KEYS})  # type: ignore[call-arg]
 
     @classmethod
     def of(cls, holder: _HasAttrs):
@@ -83,7 +83,7 @@ class TrialRecord(_Record):
 
     def metric(self, name: str) -> float | None:
         """A numeric field by name (``test_accuracy``, ``kept_val_accuracy``, ...), or None."""
-        value = getattr(self, name, None) if name in self._keys else None
+        value = getattr(self, name, None) if name in self.KEYS else None
         return float(value) if value is not None else None
 
     def without_failure(self) -> dict[str, Any]:
@@ -105,5 +105,5 @@ class StudyRecord(_Record):
     epochs_scale: float | None = None  # reproduce --quick: epochs scaled by this
 
 
-TrialRecord._keys = frozenset(f.name for f in fields(TrialRecord))
-StudyRecord._keys = frozenset(f.name for f in fields(StudyRecord))
+TrialRecord.KEYS = frozenset(f.name for f in fields(TrialRecord))
+StudyRecord.KEYS = frozenset(f.name for f in fields(StudyRecord))
