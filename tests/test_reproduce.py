@@ -42,7 +42,8 @@ def test_bad_input_exits_2_naming_the_key_and_writes_nothing(tmp_path, args, mes
 @pytest.mark.skipif(not ARCHIVE.is_file(), reason="../shared/data/cifar10-jpeg.tar.gz is absent")
 def test_quick_reproduction_writes_every_number_and_finding(tmp_path):
     started = time.monotonic()
-    done = hpsearch("reproduce", "--quick", "-q", "--data-dir", str(ARCHIVE), cwd=tmp_path)
+    done = hpsearch("reproduce", "--quick", "-q", "--data-dir", str(ARCHIVE), cwd=tmp_path,
+                    timeout=1500)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     elapsed = time.monotonic() - started
     report = (tmp_path / "reports" / "reproduction.md").read_text()
