@@ -43,6 +43,7 @@ def simulate(pruner: str, factor: int, trials: int, sampler: str, seed: int, epo
     import optuna
 
     from hpsearch.search.samplers import make_pruner, make_sampler
+    from hpsearch.search.space import SearchSpace
     from hpsearch.search.study_file import parse_study
 
     # The pruner and sampler a study file with these settings gets in a real search.
@@ -53,8 +54,10 @@ def simulate(pruner: str, factor: int, trials: int, sampler: str, seed: int, epo
         "simulated.yaml",
     )  # fmt: skip
     noise = np.random.default_rng(seed)
+    space = SearchSpace.of(spec)
     study = optuna.create_study(
-        direction="maximize", pruner=make_pruner(spec), sampler=make_sampler(spec),
+        direction="maximize", pruner=make_pruner(spec.pruner, space),
+        sampler=make_sampler(spec.sampler, space),
         study_name=spec.name,
     )  # fmt: skip
     trained, best = 0, float("-inf")

@@ -103,6 +103,7 @@ def pruned_study(tmp_path: Path, epochs: int, **pruner):
     import optuna
 
     from hpsearch.search.samplers import make_pruner
+    from hpsearch.search.space import SearchSpace
     from hpsearch.search.study_file import parse_study
 
     spec = parse_study(
@@ -112,7 +113,7 @@ def pruned_study(tmp_path: Path, epochs: int, **pruner):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna.create_study(
         storage=f"sqlite:///{tmp_path / 'optuna.db'}", direction="maximize",
-        pruner=make_pruner(spec),
+        pruner=make_pruner(spec.pruner, SearchSpace.of(spec)),
     )  # fmt: skip
 
 

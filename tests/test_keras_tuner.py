@@ -9,6 +9,7 @@ naming the choices.
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -300,7 +301,8 @@ def test_interrupted_keras_tuner_search_resumes_and_grows(mlflow_server, tmp_pat
     # rerun with a larger total: the cut trial is retried, then the project grows to 4 trials
     rerun = hpsearch(*args[3:], "--quiet", "--set", "epochs=2", "--n-trials", "4", cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert "resuming with KerasTuner (bayesian): 3 of 4 left" in rerun.stdout
+    announced = r"resuming with KerasTuner \(bayesian, project \S+resume_kt\): 3 of 4 left; \d+ "
+    assert re.search(announced + "training images; storage sqlite:", rerun.stdout), rerun.stdout
 
     trials = optuna.load_study(study_name="resume_kt", storage=storage).trials
     assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE",

@@ -14,7 +14,7 @@ import pytest
 
 from hpsearch.choose.reference import REFERENCE_NUMBERS, STUDY_ORDER, reference_numbers
 from hpsearch.config import make_config
-from hpsearch.search.space import grid_space
+from hpsearch.search.space import SearchSpace
 from hpsearch.search.study_file import load_study
 
 STUDIES = Path(__file__).parents[1] / "studies"
@@ -25,7 +25,7 @@ TEXT = Path(__file__).parents[2] / "shared" / "reference" / "study.txt"
 def grid_configs(name: str) -> list[dict]:
     """Every configuration the study file's grid trains (resolved trial configs)."""
     spec = load_study(STUDIES / f"{name}.yaml")
-    grid = grid_space(spec)
+    grid = SearchSpace.of(spec).grid_axes()
     configs = [dict(spec.fixed)]
     for key, values in grid.items():
         if key == "repeat":

@@ -11,7 +11,7 @@ from hpsearch.choose.repeats import config_key, group_trials, mean_sd
 from hpsearch.choose.report import write_report
 from hpsearch.errors import ConfigError
 from hpsearch.search.lifecycle import run_search
-from hpsearch.search.space import grid_size
+from hpsearch.search.space import SearchSpace
 from hpsearch.search.study_file import parse_study
 
 
@@ -32,7 +32,7 @@ def test_grid_runs_every_point_once_per_repeat_with_its_own_seed(stores, tmp_pat
         {"dropout": 0.2, "dropout_placement": "conv", "epochs": 1},
         {"dropout": 0.2, "dropout_placement": "conv", "epochs": 2},
     ]), "points.yaml")  # fmt: skip
-    assert grid_size(spec) == 4
+    assert SearchSpace.of(spec).grid_size() == 4
     outcome = run_search(spec, storage, echo=lambda _: None, verbose=0)
     assert outcome.counts == {"complete": 4, "pruned": 0, "failed": 0}
     study = optuna.load_study(study_name="points", storage=storage)

@@ -9,7 +9,7 @@ import optuna
 import pytest
 from conftest import command, environment, pruned_study
 
-from hpsearch.search.space import grid_size, suggest
+from hpsearch.search.space import SearchSpace
 from hpsearch.search.study_file import load_study, parse_study
 
 STUDIES = sorted((Path(__file__).parents[1] / "studies").glob("*.yaml"))
@@ -33,9 +33,11 @@ def test_shipped_study_file_validates_and_cites_its_finding(path):
 
 def test_grid_studies_vary_the_factor_of_their_experiment():
     weight_decay = load_study(STUDIES[0].parent / "weight_decay.yaml")
-    assert grid_size(weight_decay) == 36  # 3 kinds x 6 magnitudes, with and without dropout
-    dropout = load_study(STUDIES[0].parent / "dropout.yaml")
-    assert grid_size(dropout) == 4 and not dropout.space  # four explicit points
+    space = SearchSpace.of(weight_decay)
+    assert space.grid_size() == 36  # 3 kinds x 6 magnitudes, with and without dropout
+    assert space.total(None) == 36 == space.total(100) and space.total(10) == 10
+    dropout = SearchSpace.of(load_study(STUDIES[0].parent / "dropout.yaml"))
+    assert dropout.grid_size() == 4 and not dropout.factors  # four explicit points
     assert dropout.searched_keys() == ["dropout", "dropout_placement", "epochs"]
 
 
@@ -55,7 +57,7 @@ def test_conditional_factor_is_suggested_only_when_its_condition_holds():
     seen = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
     for _ in range(30):
         trial = seen.ask()
-        values = suggest(trial, study)
+        values = SearchSpace.of(study).suggest(trial)
         assert ("momentum" in values) == (values["optimizer"] == "sgd_momentum")
         seen.tell(trial, 0.0)
     assert {t.params["optimizer"] for t in seen.trials} == {"adam", "sgd_momentum"}

@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 
 from hpsearch.search.lifecycle import run_search
 from hpsearch.search.samplers import make_sampler, worker_seed
+from hpsearch.search.space import SearchSpace
 from hpsearch.search.study_file import parse_study
 
 TINY = """\
@@ -44,9 +45,10 @@ def test_worker_seeds_differ_by_worker_and_stay_the_study_seed_for_a_lone_proces
     assert worker_seed(7, 3) == worker_seed(7, 3) != worker_seed(8, 3)  # stable, per study seed
     spec = parse_study({"name": "s", "sampler": {"type": "random", "seed": 7}, "n_trials": 1},
                        "s.yaml")  # fmt: skip
+    space = SearchSpace.of(spec)
 
     def first_draw(worker):
-        study = optuna.create_study(sampler=make_sampler(spec, worker))
+        study = optuna.create_study(sampler=make_sampler(spec.sampler, space, worker))
         return study.ask().suggest_float("x", 0.0, 1.0)
 
     assert first_draw(None) == first_draw(None) != first_draw(0) != first_draw(1)

@@ -213,7 +213,7 @@ def server(host, port, backend_store_uri, artifacts_destination, auth, allowed_h
 @click.option("-q", "--quiet", is_flag=True, help="Print only the errors.")
 def validate(study_files: tuple[str, ...], quiet: bool) -> None:
     """Check study files without running them."""
-    from hpsearch.search.space import grid_size
+    from hpsearch.search.space import SearchSpace
     from hpsearch.search.study_file import load_study
 
     failed = False
@@ -226,9 +226,10 @@ def validate(study_files: tuple[str, ...], quiet: bool) -> None:
             continue
         if quiet:
             continue
-        size = f", grid of {grid_size(study)}" if study.sampler.type == "grid" else ""
+        space = SearchSpace.of(study)
+        size = f", grid of {space.grid_size()}" if space.grid else ""
         engine = f"{study.engine} engine, " if study.engine != "optuna" else ""
-        searched = len(study.searched_keys())
+        searched = len(space.searched_keys())
         points = f", {len(study.points)} points" if study.points else ""
         repeats = f", {study.repeats} repeats" if study.repeats > 1 else ""
         click.echo(

@@ -92,7 +92,6 @@ class TrackedTuner(keras_tuner.Tuner):
         self.lifecycle, self.study, self.optuna_study = search, study, search.study
         self.splits, self.fingerprint, self.verbose = splits, search.fingerprint, search.verbose
         self.total = search.n_trials or study.n_trials
-        self.deadline = search.deadline()
         self.progress = StudyProgress(self.total, search.echo)
         self.stopping = False  # the failure rule said stop
         self.fatal: HpsearchError | None = None  # the tracking server stayed away
@@ -132,7 +131,8 @@ class TrackedTuner(keras_tuner.Tuner):
         close_unclosed_runs()
         if self.fatal is not None:
             raise _Stop
-        if self.deadline is not None and time.monotonic() >= self.deadline:
+        deadline = self.lifecycle.deadline  # set as the trials start
+        if deadline is not None and time.monotonic() >= deadline:
             raise _Stop
         if self.stopping:
             raise _Stop
@@ -321,8 +321,7 @@ class KerasTunerEngine(Engine):
         left = "trials until its schedule ends" if count is None else f"{count} of {total} left"
         return (
             f"[{spec.name}] {'resuming' if self.tuner.oracle.trials else 'starting'} with "
-            f"KerasTuner ({spec.sampler.type}): {left}{search.timeout_note()}; "
-            f"{search.data_note()}; project {folder}"
+            f"KerasTuner ({spec.sampler.type}, project {folder}): {left}"
         )
 
     def run(self) -> None:

@@ -34,6 +34,7 @@ from hpsearch.compat import study_storage
 from hpsearch.records import StudyRecord, TrialRecord
 from hpsearch.search.lost_trials import StaleTrialHandler, fail_lost_trials
 from hpsearch.search.options import WorkerOptions
+from hpsearch.search.space import SearchSpace
 from hpsearch.search.study_file import StudyFile
 from hpsearch.search.summary import completed, write_summary
 from hpsearch.tracking import StudyRun, link_project_run, wait_for_tracking, where_to_look
@@ -101,7 +102,10 @@ class FailureStreak:
 
 @dataclass
 class Search:
-    """One process's run of a study: what the lifecycle set up, for the engine to use."""
+    """One process's run of a study: what the lifecycle set up, for the engine to use.
+
+    ``space`` is made from ``spec`` once, here; ``deadline`` is set as the trials start.
+    """
 
     spec: StudyFile
     storage_url: str
@@ -116,10 +120,13 @@ class Search:
     fingerprint: str = ""
     study: optuna.Study = cast(optuna.Study, None)  # set once the storage is open
     parent: StudyRun = cast(StudyRun, None)
+    deadline: float | None = None  # when to stop starting trials (time.monotonic); None: never
+    space: SearchSpace = field(init=False)
     handler: StaleTrialHandler = field(init=False)
     streak: FailureStreak = field(init=False)
 
     def __post_init__(self) -> None:
+        self.space = SearchSpace.of(self.spec)
         self.handler = StaleTrialHandler(self.options.max_retry)
         self.streak = FailureStreak(self.spec.name, self.options, self.warn)
 
@@ -127,16 +134,10 @@ class Search:
     def time_limit(self) -> float | None:
         return self.timeout or self.spec.timeout
 
-    def deadline(self) -> float | None:
-        """When to stop starting trials (time.monotonic), from now; None: no limit."""
-        limit = self.time_limit
-        return time.monotonic() + limit if limit else None
-
-    def timeout_note(self) -> str:
-        return f", timeout {self.time_limit:g}s" if self.time_limit else ""
-
-    def data_note(self) -> str:
-        return (f"{len(self.splits.x_train)} training images; "
+    def announcement(self, engine_part: str) -> str:
+        """What this process is about to run: the engine's part, then the time and data."""
+        timeout = f", timeout {self.time_limit:g}s" if self.time_limit else ""
+        return (f"{engine_part}{timeout}; {len(self.splits.x_train)} training images; "
                 f"storage {hide_password(self.storage_url)}")  # fmt: skip
 
 
@@ -162,7 +163,8 @@ class Engine(ABC):
 
     @abstractmethod
     def announce(self, created: bool) -> str:
-        """The line that says what this process is about to run."""
+        """What this process is about to run, as the engine sees it ("[study] starting: ...");
+        the lifecycle adds the time limit and the data."""
 
     @abstractmethod
     def run(self) -> None:
@@ -212,12 +214,14 @@ def run_search(
     with quiet_progress(verbose == 0):  # decoding an archive: no progress under -q
         search.splits, search.fingerprint = load_splits(spec.data)  # bad data: nothing written
     search.study, created = engine.open_study()
-    search.parent = find_parent(search.study, spec, storage, created)
+    search.parent = find_parent(search.study, spec, storage, created, search.space.searched_keys())
     engine.reap_lost()  # a worker killed here a moment ago: its trial runs again
-    echo(engine.announce(created))
+    echo(search.announcement(engine.announce(created)))
     freeze_startup_objects()
     interrupted = False
     try:
+        limit = search.time_limit
+        search.deadline = time.monotonic() + limit if limit else None
         engine.run()
     except KeyboardInterrupt:
         interrupted = True
@@ -233,8 +237,13 @@ def run_search(
     return outcome(search.study, search.parent, interrupted)
 
 
-def find_parent(study: optuna.Study, spec: StudyFile, storage_url: str, created: bool) -> StudyRun:
-    """The study's MLflow parent run: made by the process that created the study."""
+def find_parent(
+    study: optuna.Study, spec: StudyFile, storage_url: str, created: bool, searched: list[str]
+) -> StudyRun:
+    """The study's MLflow parent run: made by the process that created the study.
+
+    ``searched``: the keys that vary between its trials (:meth:`SearchSpace.searched_keys`).
+    """
     run_id = StudyRecord.of(study).mlflow_parent_run_id
     waited = 0.0
     while run_id is None and not created and waited < 30:  # its creator is making it now
@@ -252,7 +261,7 @@ def find_parent(study: optuna.Study, spec: StudyFile, storage_url: str, created:
         StudyRecord(
             mlflow_parent_run_id=parent.run_id,
             data=spec.data.model_dump(),
-            searched=spec.searched_keys(),
+            searched=searched,
             repeats=spec.repeats,
             objective=spec.objective.metric,
         ).write(study)

@@ -37,7 +37,7 @@ from hpsearch.search.lost_trials import (
     run_again,
 )
 from hpsearch.search.samplers import make_pruner, make_sampler
-from hpsearch.search.space import REPEAT, grid_size, suggest
+from hpsearch.search.space import REPEAT, SearchSpace
 from hpsearch.search.storage import make_storage
 from hpsearch.search.study_file import EPOCH_METRIC, StudyFile
 from hpsearch.search.study_progress import StudyProgress
@@ -55,13 +55,20 @@ WAIT_POLL_S = 5.0  # while the study's last trials run elsewhere, look again thi
 
 
 def open_study(
-    spec: StudyFile, storage: optuna.storages.BaseStorage, worker: int | str | None = None
+    spec: StudyFile,
+    space: SearchSpace,
+    storage: optuna.storages.BaseStorage,
+    worker: int | str | None = None,
 ) -> tuple[optuna.Study, bool]:
     """Create the study, or load it when it exists; True when this process created it.
 
-    ``worker``: this process's identity among several workers (seeds its sampler).
+    ``space``: the study's (:meth:`SearchSpace.of`); ``worker``: this process's identity
+    among several workers (seeds its sampler).
     """
-    settings: dict[str, Any] = {"sampler": make_sampler(spec, worker), "pruner": make_pruner(spec)}
+    settings: dict[str, Any] = {
+        "sampler": make_sampler(spec.sampler, space, worker),
+        "pruner": make_pruner(spec.pruner, space),
+    }
     try:
         study = optuna.create_study(
             study_name=spec.name, storage=storage, direction=spec.objective.direction, **settings
@@ -71,17 +78,9 @@ def open_study(
         return optuna.load_study(study_name=spec.name, storage=storage, **settings), False
 
 
-def study_total(spec: StudyFile, n_trials: int | None) -> int | None:
-    """The study's total number of trials (grid: at most its size)."""
-    total = n_trials or spec.n_trials
-    if spec.sampler.type == "grid":
-        return min(total or grid_size(spec), grid_size(spec))  # repeats are a grid axis
-    return total * spec.repeats if total else total
-
-
-def trials_to_run(study: optuna.Study, spec: StudyFile, n_trials: int | None) -> int | None:
-    """What is left of the study's total (grid: its size); failed trials do not count."""
-    total = study_total(spec, n_trials)
+def trials_left(study: optuna.Study, total: int | None) -> int | None:
+    """What is left of the study's ``total`` (:meth:`SearchSpace.total`); failed trials do
+    not count."""
     if total is None:
         return None
     done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
@@ -95,25 +94,23 @@ class OptunaEngine(Engine):
 
     def open_study(self) -> tuple[optuna.Study, bool]:
         search = self.search
+        self.total = search.space.total(search.n_trials or search.spec.n_trials)
         storage = make_storage(search.storage_url, search.options)
-        return open_study(search.spec, storage, search.options.worker)
+        return open_study(search.spec, search.space, storage, search.options.worker)
 
     def announce(self, created: bool) -> str:
         search = self.search
         running = len(search.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-        left = trials_to_run(search.study, search.spec, search.n_trials)
-        total = study_total(search.spec, search.n_trials)
         return (
             f"[{search.spec.name}] {'starting' if created else 'resuming'}: "
-            f"{left} of {total or 'unlimited'} trials left"
+            f"{trials_left(search.study, self.total)} of {self.total or 'unlimited'} trials left"
             f"{f' ({running} running in other workers)' if running else ''}"
-            f"{search.timeout_note()}; {search.data_note()}"
         )
 
     def run(self) -> None:
         search = self.search
         self.objective = _Objective(search)
-        _run_trials(search, self.objective)
+        _run_trials(search, self.total, self.objective)
 
     def finishing(self, interrupted: bool) -> None:
         if hasattr(self, "objective"):
@@ -163,7 +160,8 @@ class _Objective:
     """Runs one proposed trial as a nested MLflow run and returns the objective value."""
 
     def __init__(self, search: Search) -> None:
-        self.spec, self.splits, self.fingerprint = search.spec, search.splits, search.fingerprint
+        self.spec, self.space = search.spec, search.space
+        self.splits, self.fingerprint = search.splits, search.fingerprint
         self.parent, self.verbose = search.parent.run_id, search.verbose
         self.extra_callbacks = search.extra_callbacks
         self.validation = ValidationData.of(self.splits, self.fingerprint)  # remakes the
@@ -188,7 +186,7 @@ class _Objective:
             release_trial_state()
 
     def _run(self, trial: optuna.Trial) -> float:
-        values = suggest(trial, self.spec)
+        values = self.space.suggest(trial)
         values["seed"] = trial_seed(self.spec.sampler.seed, trial.number)
         repeat = int(trial.params.get(REPEAT, TrialRecord.of(trial).repeat or 0))
         TrialRecord(
@@ -248,8 +246,8 @@ class _Objective:
         (A grid draws repeats as an axis of its own; other samplers propose each
         configuration once, and its repeats run the same params with new seeds.)
         """
-        repeats = self.spec.repeats
-        if repeats == 1 or self.spec.sampler.type == "grid" or TrialRecord.of(trial).repeat:
+        repeats = self.space.repeats
+        if repeats == 1 or self.space.grid or TrialRecord.of(trial).repeat:
             return
         for repeat in range(1, repeats):
             trial.study.enqueue_trial(
@@ -269,16 +267,14 @@ def _finish_uploads(objective: _Objective, echo: Callable[[str], None]) -> None:
     close_unclosed_runs(objective.validation)
 
 
-def _run_trials(search: Search, objective: _Objective) -> None:
+def _run_trials(search: Search, total: int | None, objective: _Objective) -> None:
     """One trial at a time while the study's total, this process's share and time allow.
 
     When all that is left of the total is running in other workers, wait for
     them: they finish, or fail (and are retried here) once found lost.
     """
-    study, spec, options = search.study, search.spec, search.options
-    total = study_total(spec, search.n_trials)
-    echo, warn, handler = search.echo, search.warn, search.handler
-    deadline = search.deadline()
+    study, name, options = search.study, search.spec.name, search.options
+    echo, warn, handler, deadline = search.echo, search.warn, search.handler, search.deadline
     progress = StudyProgress(total, echo)
     ran = 0
     waiting = False
@@ -296,14 +292,14 @@ def _run_trials(search: Search, objective: _Objective) -> None:
             if total is not None and done + running >= total:  # the rest runs elsewhere
                 if options.heartbeat <= 0:
                     warn(
-                        f"[{spec.name}] {running} trial(s) still running in other workers; "
+                        f"[{name}] {running} trial(s) still running in other workers; "
                         "without heartbeats a lost one is never failed: rerun once they end"
                     )
                     break
                 if not waiting:
                     grace = options.grace or 4 * options.heartbeat
                     echo(
-                        f"[{spec.name}] waiting for {running} trial(s) running in other "
+                        f"[{name}] waiting for {running} trial(s) running in other "
                         f"workers (one whose worker is lost is retried within {grace}s)"
                     )
                 waiting = True
@@ -321,7 +317,7 @@ def _run_trials(search: Search, objective: _Objective) -> None:
                 mine = study.get_trials(deepcopy=False)[objective.last_number]
                 if mine.state != TrialState.FAIL or TrialRecord.of(mine).fail_reason != LOST:
                     raise
-                warn(f"[{spec.name}] trial {mine.number} was failed as lost while it ran "
+                warn(f"[{name}] trial {mine.number} was failed as lost while it ran "
                      "(its heartbeat was late by more than --grace); its retry runs "
                      "instead")  # fmt: skip
             ran += 1
@@ -333,11 +329,11 @@ def _run_trials(search: Search, objective: _Objective) -> None:
             if search.streak.after(objective.last_failure):
                 break
             if grid_exhausted(study):
-                _warn_grid_points_lost(study, spec, warn)
+                _warn_grid_points_lost(study, name, warn)
                 break
 
 
-def _warn_grid_points_lost(study: optuna.Study, spec: StudyFile, warn: Callable) -> None:
+def _warn_grid_points_lost(study: optuna.Study, name: str, warn: Callable) -> None:
     """Optuna's grid counts a failed point as visited: name each point that never completed."""
     trials = study.get_trials(deepcopy=False)
     ran = {_key(t.params) for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)}
@@ -347,7 +343,7 @@ def _warn_grid_points_lost(study: optuna.Study, spec: StudyFile, warn: Callable)
             given_up[_key(trial.params)] = trial  # the last failure of that point
     for trial in given_up.values():
         reason = TrialRecord.of(trial).fail_reason or "unknown"
-        warn(f"[{spec.name}] grid point {trial.params} did not complete: trial {trial.number} "
+        warn(f"[{name}] grid point {trial.params} did not complete: trial {trial.number} "
              f"failed ({reason}); the grid does not run a failed point again"
              + (" (raise --max-retry for lost workers)" if reason == "worker_lost" else ""))
 

@@ -1,4 +1,7 @@
-"""Optuna samplers and pruners from a study file's ``sampler`` and ``pruner``."""
+"""Optuna samplers and pruners from a study file's ``sampler`` and ``pruner`` sections.
+
+They need those sections (and, for a grid, the search space), not the whole study file.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +12,8 @@ import optuna
 
 from hpsearch.config import TrialConfig
 from hpsearch.errors import ConfigError
-from hpsearch.search.space import grid_space
-from hpsearch.search.study_file import StudyFile
+from hpsearch.search.space import SearchSpace
+from hpsearch.search.study_file import PrunerSpec, SamplerSpec
 
 
 def worker_seed(seed: int, worker: int | str | None) -> int:
@@ -33,18 +36,20 @@ def worker_seed(seed: int, worker: int | str | None) -> int:
     return int(np.random.SeedSequence([seed, *key]).generate_state(1)[0])
 
 
-def make_sampler(study: StudyFile, worker: int | str | None = None) -> optuna.samplers.BaseSampler:
-    """The study's sampler; ``worker`` (see :func:`worker_seed`) when several processes share it.
+def make_sampler(
+    spec: SamplerSpec, space: SearchSpace, worker: int | str | None = None
+) -> optuna.samplers.BaseSampler:
+    """The sampler ``spec`` says; ``worker`` (see :func:`worker_seed`) when several processes
+    share it; ``space`` is what a grid walks.
 
     A grid keeps the study's seed in every worker: Optuna's ``GridSampler``
     shuffles its points with it and records each trial's point as an index into
     that order, and it gives the first trials the point of their trial number,
     so workers sharing one order visit each point once.
     """
-    spec = study.sampler
     seed = worker_seed(spec.seed, worker)
     if spec.type == "grid":
-        return optuna.samplers.GridSampler(grid_space(study), seed=spec.seed)
+        return optuna.samplers.GridSampler(space.grid_axes(), seed=spec.seed)
     if spec.type == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if spec.type == "qmc":
@@ -57,14 +62,14 @@ def make_sampler(study: StudyFile, worker: int | str | None = None) -> optuna.sa
             import cmaes  # noqa: F401  (optuna's CMA-ES needs it)
         except ImportError:
             raise ConfigError(
-                f"{study.name}: sampler cmaes needs the 'cmaes' package: pip install cmaes"
+                "sampler.type cmaes needs the 'cmaes' package: pip install cmaes"
             ) from None
         return optuna.samplers.CmaEsSampler(seed=seed, **startup)
     return optuna.samplers.TPESampler(seed=seed, **startup)
 
 
-def make_pruner(study: StudyFile) -> optuna.pruners.BasePruner:
-    spec = study.pruner
+def make_pruner(spec: PrunerSpec, space: SearchSpace) -> optuna.pruners.BasePruner:
+    """The pruner ``spec`` says; Hyperband's largest budget is the epochs ``space`` fixes."""
     if spec.type == "median":
         return optuna.pruners.MedianPruner(spec.n_startup_trials, spec.n_warmup_steps)
     if spec.type == "percentile":
@@ -78,10 +83,10 @@ def make_pruner(study: StudyFile) -> optuna.pruners.BasePruner:
             bootstrap_count=spec.bootstrap_count,
         )
     if spec.type == "hyperband":
-        epochs = study.fixed.get("epochs", TrialConfig.model_fields["epochs"].default)
+        epochs = space.fixed.get("epochs", TrialConfig.model_fields["epochs"].default)
         return optuna.pruners.HyperbandPruner(
             min_resource=1 if spec.min_resource == "auto" else spec.min_resource,
-            max_resource=int(epochs) if "epochs" not in study.space else "auto",
+            max_resource=int(epochs) if "epochs" not in space.factors else "auto",
             reduction_factor=spec.reduction_factor,
             bootstrap_count=spec.bootstrap_count,
         )

@@ -170,13 +170,6 @@ class StudyFile(BaseModel):
     # values; the grid visits every point (times every combination of ``space``).
     points: list[dict[str, Any]] = Field(default_factory=list)
 
-    def searched_keys(self) -> list[str]:
-        """The keys that vary between trials: the space's factors, then the points' keys."""
-        keys = list(self.space)
-        for point in self.points:
-            keys += [key for key in point if key not in keys]
-        return keys
-
 
 def _check_space(study: StudyFile, where: str) -> None:
     fields = TrialConfig.model_fields

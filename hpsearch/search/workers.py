@@ -57,16 +57,19 @@ def launch_workers(
     from hpsearch.search.lifecycle import describe, find_parent, finish_parent, outcome
     from hpsearch.search.lost_trials import StaleTrialHandler, fail_lost_trials
     from hpsearch.search.options import WorkerOptions
-    from hpsearch.search.optuna_engine import open_study, trials_to_run
+    from hpsearch.search.optuna_engine import open_study, trials_left
+    from hpsearch.search.space import SearchSpace
     from hpsearch.search.storage import make_storage
     from hpsearch.tracking.trial import load_splits
 
     load_splits(spec.data)  # a data error stops here, before the study exists
-    study, created = open_study(spec, make_storage(storage, WorkerOptions(heartbeat=0)))
-    parent = find_parent(study, spec, storage, created)  # before the workers look for it
+    space = SearchSpace.of(spec)
+    study, created = open_study(spec, space, make_storage(storage, WorkerOptions(heartbeat=0)))
+    # the parent run, before the workers look for it
+    parent = find_parent(study, spec, storage, created, space.searched_keys())
     handler = StaleTrialHandler(max_retry)
     fail_lost_trials(study, handler)  # trials of workers killed here: retried by these ones
-    left = trials_to_run(study, spec, n_trials)
+    left = trials_left(study, space.total(n_trials or spec.n_trials))
     plan = [share for share in shares(left, workers) if share != 0]
     echo(f"[{spec.name}] {len(plan)} workers for {left if left is not None else 'unlimited'} "
          f"trials; storage {hide_password(storage)}")  # fmt: skip
