@@ -88,3 +88,11 @@ def test_the_reference_study_files_are_found_from_any_working_directory(tmp_path
 
     monkeypatch.chdir(tmp_path)  # no ./studies here: the checkout's own
     assert (studies_folder() / "baselines.yaml").is_file()
+
+
+def test_the_help_gives_the_quick_size_the_code_uses(tmp_path):
+    from hpsearch.choose.reproduce import QUICK_LIMIT
+
+    done = hpsearch("reproduce", "--help", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert f"({QUICK_LIMIT} images a split" in " ".join(done.stdout.split())

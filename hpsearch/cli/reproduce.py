@@ -32,7 +32,7 @@ from hpsearch.cli.common import (
 @click.option("--repeats", type=int, default=None,
               help="Train every configuration N times with other seeds (default: each file's).")
 @click.option("--quick", is_flag=True,
-              help=f"The whole path at toy size ({200} images a split, 1-2 epochs, 1 repeat): "
+              help="The whole path at toy size (100 images a split, 1-2 epochs, 1 repeat): "
                    "proves the report's shape, reproduces nothing.")
 @click.option("--report-only", is_flag=True,
               help="Train nothing: write the report from the trials the storage holds.")
