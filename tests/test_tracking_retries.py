@@ -21,7 +21,7 @@ from mlflow.exceptions import MlflowException
 
 from hpsearch.tracking import OUTCOME_TAG, REASON_TAG, close_unclosed_runs, retries
 from hpsearch.tracking import spool as spooling
-from hpsearch.tracking.retries import _close, _log_batch, _send_artifacts
+from hpsearch.tracking.retries import _log_batch, _send_artifacts
 from hpsearch.tracking.spool import _spool
 
 
@@ -70,7 +70,7 @@ def still_away(uri: str) -> int:
 def test_a_failed_close_is_remembered_retried_while_away_and_forgotten_once_closed(store, away):
     client, run_id = store
     tags = {OUTCOME_TAG: "failed", REASON_TAG: "worker_lost"}
-    _close(MlflowClient(tracking_uri=away), run_id, "FAILED", tags, end_time=1234)
+    retries.PENDING.close(MlflowClient(tracking_uri=away), run_id, "FAILED", tags, end_time=1234)
     assert retries.PENDING.unclosed() == {run_id: ("FAILED", tags, 1234)}  # no error raised: kept
     assert client.get_run(run_id).info.status == "RUNNING"
 
@@ -86,7 +86,7 @@ def test_a_failed_close_is_remembered_retried_while_away_and_forgotten_once_clos
 
 def test_a_close_that_succeeds_leaves_nothing_to_retry(store):
     client, run_id = store
-    _close(client, run_id, "FINISHED", {OUTCOME_TAG: "completed"})
+    retries.PENDING.close(client, run_id, "FINISHED", {OUTCOME_TAG: "completed"})
     assert retries.PENDING.unclosed() == {}
     assert client.get_run(run_id).info.status == "FINISHED"
 
@@ -156,7 +156,7 @@ def test_a_failed_upload_stays_in_the_spool_is_sent_on_the_retry_then_the_entry_
     assert manifest(run_id, spool)["todo"] == ["close"]  # uploaded: the spool's copy goes
     assert not folder.exists()
 
-    _close(client, run_id, "FINISHED", {OUTCOME_TAG: "completed"})
+    retries.PENDING.close(client, run_id, "FINISHED", {OUTCOME_TAG: "completed"})
     assert not (spool / run_id).exists() and spooling.SPOOLED.run_ids() == []  # both steps done
     assert client.get_run(run_id).info.status == "FINISHED"
 
@@ -167,7 +167,7 @@ def test_an_upload_and_a_close_both_failing_are_both_done_by_one_retry(store, aw
     folder = _spool(run_id, _Files(), {"val_accuracy": 0.5}, "data-key")
     with pytest.raises(MlflowException):
         _send_artifacts(unreachable, run_id, folder, _Files(), None)
-    _close(unreachable, run_id, "FINISHED", {OUTCOME_TAG: "completed"})
+    retries.PENDING.close(unreachable, run_id, "FINISHED", {OUTCOME_TAG: "completed"})
     assert still_away(away) == 1
 
     assert close_unclosed_runs() == 0

@@ -178,16 +178,6 @@ def _send_artifacts(
     _spool_step_done(run_id, "upload")
 
 
-def _close(
-    client: MlflowClient,
-    run_id: str,
-    status: str,
-    tags: Mapping[str, str],
-    end_time: int | None = None,
-) -> None:
-    """Tag and terminate a run; closed by :func:`close_unclosed_runs` if that fails."""
-    PENDING.close(client, run_id, status, tags, end_time)
-
 
 def close_unclosed_runs(validation: ValidationData | None = None) -> int:
     """Close the runs whose closing failed earlier; returns how many are still open.
@@ -210,7 +200,7 @@ def close_lost_run(run_id: str) -> None:
     from mlflow import MlflowClient
 
     tags = {OUTCOME_TAG: "failed", REASON_TAG: "worker_lost"}
-    _close(MlflowClient(), run_id, "FAILED", tags)
+    PENDING.close(MlflowClient(), run_id, "FAILED", tags)
 
 
 def mark_run_interrupted(run_id: str) -> None:
@@ -223,7 +213,7 @@ def mark_run_interrupted(run_id: str) -> None:
             return  # closed as failed or pruned: already what Optuna says
     except Exception:  # noqa: BLE001 - unknown run or server away: nothing to mend now
         return
-    _close(client, run_id, "KILLED", {OUTCOME_TAG: "failed", REASON_TAG: "interrupted"})
+    PENDING.close(client, run_id, "KILLED", {OUTCOME_TAG: "failed", REASON_TAG: "interrupted"})
 
 
 def close_orphaned_run(run_id: str, outcome: str) -> None:
@@ -237,7 +227,7 @@ def close_orphaned_run(run_id: str, outcome: str) -> None:
     except Exception:  # noqa: BLE001 - unknown run or server away: nothing to close now
         return
     tags = {OUTCOME_TAG: outcome, "hpsearch.artifacts_incomplete": "true"}
-    _close(client, run_id, "FINISHED", tags)
+    PENDING.close(client, run_id, "FINISHED", tags)
 
 
 def wait_for_tracking(limit_s: float, echo) -> None:

@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import keras
 import numpy as np
 
+from hpsearch.tracking import retries
 from hpsearch.tracking.artifacts import ValidationData, _TrialArtifacts
-from hpsearch.tracking.retries import _close, _log_batch, _send_artifacts
+from hpsearch.tracking.retries import _log_batch, _send_artifacts
 from hpsearch.tracking.spool import _refresh_spooled, _spool
 from hpsearch.tracking.tags import OUTCOME_TAG, REASON_TAG
 from hpsearch.util.redact import hide_password
@@ -193,8 +194,8 @@ class TrialRun:
             tags["hpsearch.failure_detail"] = hide_password(detail[:4000])
         status = status or ("FAILED" if outcome == "failed" else "FINISHED")
         ended = int(time.time() * 1000)  # the trial's end, not its background uploads'
-        self._later(f"close run {self.run_id}", _close, self.client, self.run_id, status, tags,
-                    ended)  # fmt: skip
+        self._later(f"close run {self.run_id}", retries.PENDING.close, self.client, self.run_id,
+                    status, tags, ended)  # fmt: skip
 
     def _later(self, what: str, job, *args) -> None:
         """Run ``job(*args)`` on the uploader's thread when there is one, else now."""
@@ -359,7 +360,7 @@ class StudyRun:
         self.client.log_artifacts(self.run_id, str(folder))
 
     def close(self, status: str = "FINISHED") -> None:
-        _close(self.client, self.run_id, status, {})
+        retries.PENDING.close(self.client, self.run_id, status, {})
 
 
 def _project_run_in(client: MlflowClient, exp_id: str):
