@@ -223,7 +223,7 @@ def test_a_grid_point_that_never_completed_is_named_when_the_grid_ends(tmp_path)
         else:
             study.tell(trial, 0.5)
     said: list[str] = []
-    _warn_grid_points_lost(study, spec, said.append)
+    _warn_grid_points_lost(study, spec.name, said.append)
     failed = study.trials[1]
     assert said == [f"[given-up] grid point {failed.params} did not complete: trial 1 failed "
                     "(worker_lost); the grid does not run a failed point again (raise "
